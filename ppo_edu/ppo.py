@@ -1,0 +1,419 @@
+"""Proximal Policy Optimization: Chapters 5 and 6.
+
+``PPOConfig`` holds every implementation detail as a field (Chapter 6 ablates them one at a
+time); ``PPO`` runs the loop: collect a rollout, compute GAE, then several epochs of
+minibatch updates on the clipped surrogate (Schulman et al. 2017, Algorithm 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from . import checkpoint
+from .fastmlp import Adam, FlatParams, NumpyActorCritic
+from .gae import compute_gae
+from .losses import clipped_surrogate_loss, entropy_bonus, normalize_advantages, value_loss
+from .networks import ActorCritic
+from .normalization import RewardScaler, RunningMeanStd
+from .rollout import RolloutBuffer, RolloutCollector, make_vec_env
+
+__all__ = ["PPOConfig", "PPO", "PRESETS", "preset"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every knob of PPO. Defaults are CleanRL's / the paper's Atari-free MuJoCo-ish values."""
+
+    n_envs: int = 8                 #: parallel environments N
+    n_steps: int = 128              #: steps per env per rollout T; batch = N * T
+    n_epochs: int = 4               #: passes over each batch (K in the paper)
+    n_minibatches: int = 4          #: minibatches per epoch; must divide the batch
+    lr: float = 2.5e-4              #: Adam learning rate
+    anneal_lr: bool = True          #: decay lr linearly to 0 over the learn() call
+    adam_eps: float = 1e-5          #: Adam epsilon (1e-5 as in the PPO baselines, not torch's 1e-8)
+    gamma: float = 0.99             #: discount factor
+    lam: float = 0.95               #: GAE lambda
+    clip_eps: float = 0.2           #: policy clip range epsilon
+    anneal_clip: bool = False       #: decay clip_eps linearly to 0 with the lr schedule
+    vf_clip: float | None = None    #: value-clipping range (None: no value clipping)
+    ent_coef: float = 0.0           #: entropy bonus coefficient
+    vf_coef: float = 0.5            #: value loss coefficient
+    max_grad_norm: float | None = 0.5  #: global gradient-norm clip (None: off)
+    target_kl: float | None = None  #: stop the epochs early once the k3 KL of a minibatch exceeds this
+    norm_adv: bool = True           #: whiten advantages per minibatch
+    norm_obs: bool = False          #: normalise observations with running statistics
+    norm_reward: bool = False       #: scale rewards by the running std of the discounted return
+    hidden: tuple = (64, 64)        #: hidden layer sizes of the MLPs
+    shared_network: bool = False    #: one trunk for actor and critic (default: separate networks)
+    orthogonal_init: bool = True    #: orthogonal init with gains sqrt(2), 0.01 (policy), 1 (value)
+    log_std_init: float = 0.0       #: initial log standard deviation of Gaussian policies
+    backend: Literal["numpy", "torch"] = "numpy"  #: update engine: hand-derived NumPy or autograd
+    threads: int = 1                #: torch intra-op threads (1 is fastest for small MLPs)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        positive_ints = ["n_envs", "n_steps", "n_epochs", "n_minibatches", "threads"]
+        for name in positive_ints:
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"PPOConfig.{name}={v!r} is invalid: allowed values are integers >= 1")
+        for name in ["lr", "clip_eps", "adam_eps"]:
+            _require(name, getattr(self, name), lambda v: v > 0, "a number > 0")
+        for name in ["gamma", "lam"]:
+            _require(name, getattr(self, name), lambda v: 0 < v <= 1, "a number in (0, 1]")
+        for name in ["ent_coef", "vf_coef"]:
+            _require(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
+        for name in ["vf_clip", "max_grad_norm", "target_kl"]:
+            if getattr(self, name) is not None:
+                _require(name, getattr(self, name), lambda v: v > 0, "None or a number > 0")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"PPOConfig.hidden={self.hidden!r} is invalid: allowed values are "
+                             "one or more positive layer sizes")
+        if self.backend not in ("numpy", "torch"):
+            raise ValueError(f"PPOConfig.backend={self.backend!r} is invalid: allowed values are "
+                             "'numpy' and 'torch'")
+        if self.batch_size % self.n_minibatches:
+            raise ValueError(f"PPOConfig.n_minibatches={self.n_minibatches} does not divide the batch "
+                             f"n_envs * n_steps = {self.batch_size}: allowed values are its divisors")
+
+    @property
+    def batch_size(self) -> int:
+        return self.n_envs * self.n_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.n_minibatches
+
+    def replace(self, **changes) -> "PPOConfig":
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown PPOConfig fields {sorted(unknown)}; allowed fields are "
+                             f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def _require(name, value, ok, allowed):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"PPOConfig.{name}={value!r} is invalid: allowed values are {allowed}")
+
+
+# Tuned presets. CartPole and Acrobot follow the RL Baselines3 Zoo hyperparameters
+# (rl-baselines3-zoo, hyperparams/ppo.yml); Pendulum is ours (no gSDE), tuned on 5 seeds.
+PRESETS: dict[str, tuple[PPOConfig, int]] = {
+    "CartPole-v1": (PPOConfig(n_envs=8, n_steps=32, n_epochs=20, n_minibatches=1, lr=1e-3,
+                              gamma=0.98, lam=0.8, anneal_clip=True, ent_coef=0.0), 100_000),
+    "Acrobot-v1": (PPOConfig(n_envs=16, n_steps=256, n_epochs=4, n_minibatches=64, lr=3e-4,
+                             anneal_lr=False, gamma=0.99, lam=0.94, norm_obs=True), 200_000),
+    "Pendulum-v1": (PPOConfig(n_envs=4, n_steps=1024, n_epochs=10, n_minibatches=64, lr=1e-3,
+                              gamma=0.9, lam=0.95, norm_obs=False, norm_reward=False), 200_000),
+}
+
+
+def preset(env_id: str) -> tuple[PPOConfig, int]:
+    """``(config, total_timesteps)`` tuned for ``env_id``; the defaults for other envs."""
+    return PRESETS.get(env_id, (PPOConfig(), 200_000))
+
+
+class PPO:
+    """PPO agent: ``PPO("CartPole-v1").learn(100_000)``, then ``predict``, ``evaluate``, ``save``.
+
+    ``env`` is an environment id, or a gymnasium ``VectorEnv`` (its ``num_envs`` replaces
+    ``config.n_envs``). Without ``config`` the tuned preset for the id is used.
+    """
+
+    def __init__(self, env: str | gym.vector.VectorEnv, config: PPOConfig | None = None, seed: int = 0):
+        self.env_id = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", None)
+        if config is None:
+            config = preset(self.env_id)[0] if self.env_id else PPOConfig()
+        if not isinstance(config, PPOConfig):
+            raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
+        if isinstance(env, str):
+            env = make_vec_env(env, config.n_envs)
+        elif not isinstance(env, gym.vector.VectorEnv):
+            raise TypeError(f"env must be an environment id or a gymnasium VectorEnv, got {type(env).__name__}")
+        elif env.num_envs != config.n_envs:
+            config = config.replace(n_envs=env.num_envs)
+        self.config, self.seed, self.env = config, int(seed), env
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(self.seed)
+        self.model = ActorCritic(env.single_observation_space, env.single_action_space, config.hidden,
+                                 config.shared_network, config.orthogonal_init, config.log_std_init)
+        self._build_engine()
+        self.rng = np.random.default_rng(self.seed)
+        obs_dim = self.model.obs_dim
+        self.obs_rms = RunningMeanStd((obs_dim,)) if config.norm_obs else None
+        self.num_timesteps, self.n_updates = 0, 0
+        self.history: list[dict] = []  # one metrics row per update
+        self._collector: RolloutCollector | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _build_engine(self) -> None:
+        cfg = self.config
+        self.flat = FlatParams(self.model)
+        self.fast = NumpyActorCritic(self.model, self.flat)
+        if cfg.backend == "numpy":
+            self.optimizer = Adam(self.flat.data, cfg.lr, eps=cfg.adam_eps)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), cfg.lr, eps=cfg.adam_eps)
+
+    def _make_collector(self) -> RolloutCollector:
+        space = self.env.single_action_space
+        low = high = None
+        if not self.model.discrete:
+            low, high = space.low, space.high
+        scaler = RewardScaler(self.env.num_envs, self.config.gamma) if self.config.norm_reward else None
+        return RolloutCollector(self.env, seed=self.seed, obs_rms=self.obs_rms, reward_scaler=scaler,
+                                action_low=low, action_high=high)
+
+    def _act(self, obs: np.ndarray):
+        return self.fast.act(obs, self.rng)
+
+    # ------------------------------------------------------------------ training
+    def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False) -> "PPO":
+        """Train for ``total_timesteps`` environment steps (rounded up to whole rollouts).
+
+        ``callback(agent, metrics)`` runs after every update with that update's metrics row;
+        returning ``False`` stops training.
+        """
+        if not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 1:
+            raise ValueError(f"total_timesteps={total_timesteps!r} is invalid: allowed values are integers >= 1")
+        cfg = self.config
+        if self._collector is None:
+            self._collector = self._make_collector()
+        n_updates = math.ceil(total_timesteps / cfg.batch_size)
+        act_shape = () if self.model.discrete else (self.model.act_dim,)
+        buf = RolloutBuffer.empty(cfg.n_steps, cfg.n_envs, self.model.obs_dim, act_shape,
+                                  np.int64 if self.model.discrete else np.float32)
+        bar = _progress(total=n_updates * cfg.batch_size, enabled=progress_bar)
+        start = time.perf_counter()
+        for update in range(n_updates):
+            # -- schedules: linear decay to 0 over this learn() call
+            frac = 1.0 - update / n_updates
+            lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
+            clip_eps = cfg.clip_eps * frac if cfg.anneal_clip else cfg.clip_eps
+            # -- phase 1: collect a rollout with the current policy
+            self._collector.collect(buf, self._act, self.fast.value)
+            self.num_timesteps += cfg.batch_size
+            # -- phase 2: advantages and returns (Chapter 3)
+            advantages, returns = compute_gae(*(torch.from_numpy(x) for x in (
+                buf.rewards, buf.values, buf.next_values, buf.terminated, buf.truncated)),
+                gamma=cfg.gamma, lam=cfg.lam)
+            # -- phase 3: K epochs of minibatch updates (Chapter 5)
+            stats = self._update(buf, advantages.numpy(), returns.numpy(), lr, clip_eps)
+            # -- phase 4: log
+            self.n_updates += 1
+            row = self._metrics_row(buf, returns.numpy(), stats, lr, clip_eps, time.perf_counter() - start)
+            self.history.append(row)
+            bar.update(cfg.batch_size)
+            if progress_bar:
+                bar.set_postfix(ret=f"{row['episodic_return']:.1f}", kl=f"{row['approx_kl']:.3f}")
+            if callback is not None and callback(self, row) is False:
+                break
+        bar.close()
+        return self
+
+    def _update(self, buf: RolloutBuffer, advantages, returns, lr: float, clip_eps: float) -> dict:
+        cfg = self.config
+        idx = np.flatnonzero(buf.valid.reshape(-1))  # drop NEXT_STEP reset steps
+        flat = lambda x: x.reshape(len(buf.valid.reshape(-1)), *x.shape[2:])[idx]  # noqa: E731
+        b_obs, b_act, b_logp, b_val = flat(buf.obs), flat(buf.actions), flat(buf.logp), flat(buf.values)
+        b_adv, b_ret = flat(advantages), flat(returns)
+        n = len(idx)
+        sums: dict[str, float] = {}
+        count, stopped = 0, False
+        for epoch in range(cfg.n_epochs):
+            perm = self.rng.permutation(n)
+            for mb in np.array_split(perm, cfg.n_minibatches):
+                if len(mb) < 2:
+                    continue
+                adv = b_adv[mb]
+                if cfg.norm_adv:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32), b_ret[mb], b_val[mb])
+                info = self._step(*args, lr=lr, clip_eps=clip_eps)
+                for k, v in info.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if cfg.target_kl is not None and info["approx_kl_k3"] > cfg.target_kl:
+                    stopped = True
+                    break
+            if stopped:
+                break
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out.update(n_minibatch_steps=count, early_stop=stopped)
+        return out
+
+    def _step(self, obs, actions, logp_old, adv, returns, old_values, *, lr, clip_eps) -> dict:
+        """One gradient step on one minibatch; returns its diagnostics."""
+        cfg = self.config
+        vf_clip = cfg.vf_clip
+        if cfg.backend == "numpy":
+            self.flat.grad.fill(0.0)
+            info = self.fast.loss_and_grad(obs, actions, logp_old, adv, returns, old_values,
+                                           clip_eps=clip_eps, vf_clip=vf_clip, ent_coef=cfg.ent_coef,
+                                           vf_coef=cfg.vf_coef)
+            self._check_finite(info)
+            info["grad_norm"] = float(np.sqrt(np.dot(self.flat.grad, self.flat.grad)))
+            if cfg.max_grad_norm is not None:
+                self.flat.grad *= min(1.0, cfg.max_grad_norm / (info["grad_norm"] + 1e-6))
+            self.optimizer.lr = lr
+            self.optimizer.step(self.flat.grad)
+            return info
+        # -- the autograd reference: the same loss, written with ppo_edu.losses
+        t = lambda x: torch.as_tensor(x)  # noqa: E731
+        logp, entropy, values = self.model.evaluate(t(obs), t(actions))
+        pg_loss, info = clipped_surrogate_loss(logp, t(logp_old), t(adv), clip_eps)
+        v_loss = value_loss(values, t(returns), t(old_values), vf_clip) if vf_clip else value_loss(values, t(returns))
+        ent = entropy_bonus(entropy)
+        loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+        info = {k: float(v) for k, v in info.items()}
+        info.update(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item())
+        self._check_finite(info)
+        self.optimizer.zero_grad(set_to_none=False)
+        self.flat.grad.fill(0.0)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
+        info["grad_norm"] = float(norm)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.step()
+        return info
+
+    def _check_finite(self, info: dict) -> None:
+        for k in ("policy_loss", "value_loss", "entropy"):
+            if not math.isfinite(info[k]):
+                raise FloatingPointError(f"update {self.n_updates + 1}: {k} is {info[k]} (not finite); "
+                                         "try a lower lr, norm_obs=True or norm_reward=True")
+
+    def _metrics_row(self, buf, returns, stats, lr, clip_eps, wall) -> dict:
+        valid = buf.valid
+        y, v = returns[valid], buf.values[valid]
+        var_y = float(np.var(y))
+        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(y - v)) / var_y
+        recent = self._collector.episode_returns[-20:]
+        return {"update": self.n_updates, "env_steps": self.num_timesteps, "wall_time": round(wall, 4),
+                "episodic_return": float(np.mean(recent)) if recent else float("nan"),
+                "episodes": len(self._collector.episode_returns),
+                "policy_loss": stats.get("policy_loss", float("nan")),
+                "value_loss": stats.get("value_loss", float("nan")),
+                "entropy": stats.get("entropy", float("nan")),
+                "approx_kl": stats.get("approx_kl_k3", float("nan")),
+                "approx_kl_k1": stats.get("approx_kl_k1", float("nan")),
+                "clip_fraction": stats.get("clip_fraction", float("nan")),
+                "explained_variance": explained, "grad_norm": stats.get("grad_norm", float("nan")),
+                "lr": lr, "clip_eps": clip_eps, "early_stop": bool(stats.get("early_stop", False))}
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, obs, deterministic: bool = True):
+        """Action(s) for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``.
+
+        Returns ``(action, None)`` like Stable-Baselines3 (the second item is the recurrent
+        state, always ``None`` here). Observation normalisation uses the saved statistics.
+        """
+        obs = np.asarray(obs, np.float32)
+        single = obs.ndim == 1
+        if obs.shape[-1] != self.model.obs_dim:
+            raise ValueError(f"obs has shape {obs.shape}; expected (..., {self.model.obs_dim})")
+        batch = obs[None] if single else obs
+        if self.obs_rms is not None:
+            batch = self.obs_rms.normalize(batch)
+        actions, _, _ = self.fast.act(batch, self.rng, deterministic=deterministic)
+        if not self.model.discrete:
+            space = self.env.single_action_space
+            actions = np.clip(actions, space.low, space.high)
+        return (actions[0] if single else actions), None
+
+    def evaluate(self, n_episodes: int = 20, deterministic: bool = True, seed: int = 10_000,
+                 env_id: str | None = None) -> tuple[float, float]:
+        """Mean and std of the undiscounted return over ``n_episodes`` fresh episodes.
+
+        Runs ``n_episodes`` environments side by side, one episode each, on their raw rewards.
+        """
+        env_id = env_id or self.env_id
+        if env_id is None:
+            raise ValueError("evaluate() needs env_id= when the agent was built from an unregistered env")
+        if n_episodes < 1:
+            raise ValueError(f"n_episodes={n_episodes!r} is invalid: allowed values are integers >= 1")
+        env = make_vec_env(env_id, n_episodes)
+        obs, _ = env.reset(seed=seed)
+        totals = np.zeros(n_episodes)
+        finished = np.zeros(n_episodes, bool)
+        while not finished.all():
+            actions, _ = self.predict(obs, deterministic=deterministic)
+            obs, rewards, term, trunc, _ = env.step(actions)
+            totals += np.where(finished, 0.0, rewards)
+            finished |= np.logical_or(term, trunc)
+        env.close()
+        return float(totals.mean()), float(totals.std())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write the agent (config, weights, normalisation statistics, optimiser) to exactly ``path``."""
+        space = self.env.single_action_space
+        obs_space = self.env.single_observation_space
+        state = {
+            "format": checkpoint.FORMAT, "env_id": self.env_id, "seed": self.seed,
+            "config": self.config.to_dict(), "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "obs_space": {"low": torch.as_tensor(obs_space.low), "high": torch.as_tensor(obs_space.high)},
+            "action_space": ({"n": int(space.n)} if self.model.discrete else
+                             {"low": torch.as_tensor(space.low), "high": torch.as_tensor(space.high)}),
+            "obs_rms": None if self.obs_rms is None else {
+                "mean": torch.as_tensor(self.obs_rms.mean), "var": torch.as_tensor(self.obs_rms.var),
+                "count": self.obs_rms.count},
+            "optimizer": self._optimizer_state(),
+        }
+        checkpoint.atomic_save(state, path)
+
+    def _optimizer_state(self) -> dict:
+        if isinstance(self.optimizer, Adam):
+            return {"m": torch.from_numpy(self.optimizer.m.copy()),
+                    "v": torch.from_numpy(self.optimizer.v.copy()), "t": self.optimizer.t}
+        return {"torch": self.optimizer.state_dict()}
+
+    @classmethod
+    def load(cls, path, env: str | gym.vector.VectorEnv | None = None) -> "PPO":
+        """Rebuild an agent saved with :meth:`save` (the env is re-created from its id)."""
+        state = checkpoint.safe_load(path, required=("config", "model", "env_id", "obs_rms"))
+        try:
+            config = PPOConfig(**state["config"])
+        except TypeError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} has an invalid config: {err}") from None
+        env = env if env is not None else state["env_id"]
+        if env is None:
+            raise ValueError("this checkpoint's env is not registered: pass env= to PPO.load")
+        agent = cls(env, config, seed=state.get("seed", 0))
+        try:
+            agent.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} does not match the network: {err}") from None
+        if state["obs_rms"] is not None:
+            agent.obs_rms = RunningMeanStd((agent.model.obs_dim,))
+            agent.obs_rms.load_state_dict({k: (v.numpy() if torch.is_tensor(v) else v)
+                                           for k, v in state["obs_rms"].items()})
+        opt = state.get("optimizer") or {}
+        if isinstance(agent.optimizer, Adam) and "m" in opt:
+            agent.optimizer.m[:], agent.optimizer.v[:], agent.optimizer.t = opt["m"].numpy(), opt["v"].numpy(), opt["t"]
+        elif "torch" in opt and not isinstance(agent.optimizer, Adam):
+            agent.optimizer.load_state_dict(opt["torch"])
+        agent.num_timesteps, agent.n_updates = int(state["num_timesteps"]), int(state.get("n_updates", 0))
+        return agent
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
