@@ -24,7 +24,7 @@ from .networks import ActorCritic
 from .normalization import RewardScaler, RunningMeanStd
 from .rollout import RolloutBuffer, RolloutCollector, make_vec_env
 
-__all__ = ["PPOConfig", "PPO", "PRESETS", "preset"]
+__all__ = ["PPOConfig", "PPO", "PRESETS", "preset", "set_threads"]
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class PPO:
         elif env.num_envs != config.n_envs:
             config = config.replace(n_envs=env.num_envs)
         self.config, self.seed, self.env = config, int(seed), env
-        torch.set_num_threads(config.threads)
+        set_threads(config.threads)
         torch.manual_seed(self.seed)
         self.model = ActorCritic(env.single_observation_space, env.single_action_space, config.hidden,
                                  config.shared_network, config.orthogonal_init, config.log_std_init)
@@ -411,6 +411,15 @@ class PPO:
             agent.optimizer.load_state_dict(opt["torch"])
         agent.num_timesteps, agent.n_updates = int(state["num_timesteps"]), int(state.get("n_updates", 0))
         return agent
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in torch and in NumPy's BLAS. For 64-unit MLPs one thread is fastest:
+    two threads on two busy cores were over 10x slower here (bench/cartpole.py)."""
+    torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
 
 
 def _progress(total: int, enabled: bool):

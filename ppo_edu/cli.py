@@ -1,0 +1,130 @@
+"""The ``ppo-edu`` command: ``ppo-edu train ENV_ID`` and ``ppo-edu eval RUN_DIR``.
+
+A run folder holds ``config.json``, ``metrics.csv`` (one row per update),
+``learning_curve.png``, ``model.pt`` (the checkpoint) and ``eval.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import inspect
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+from .ppo import PPO, PPOConfig, preset
+
+__all__ = ["main"]
+
+
+def _field_help() -> dict[str, str]:
+    """The ``#:`` comment of each PPOConfig field, so ``--help`` and the code never disagree."""
+    src = inspect.getsource(PPOConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^\n]*?#:(.*)$", src, re.M)}
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PPOConfig fields (default: the env's tuned preset)")
+    helps = _field_help()
+    for f in dataclasses.fields(PPOConfig):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", metavar="V",
+                           type=_parse_value, default=argparse.SUPPRESS,
+                           help=f"{helps.get(f.name, '')} [default {f.default!r}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppo-edu", description="Train and evaluate PPO agents (ppo_edu).")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an agent and write a run folder",
+                       description="Train PPO on a gymnasium environment and write a run folder.")
+    t.add_argument("env_id", help="gymnasium environment id, e.g. CartPole-v1, Acrobot-v1, Pendulum-v1")
+    t.add_argument("--timesteps", type=int, default=None, help="environment steps (default: the preset's)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--out", default=None, help="run folder (default runs/ENV_ID/seedSEED)")
+    t.add_argument("--eval-episodes", type=int, default=20, help="greedy evaluation episodes (default 20)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_options(t)
+    e = sub.add_parser("eval", help="reload a run folder (or checkpoint) and evaluate it",
+                       description="Reload a saved agent and report its mean return.")
+    e.add_argument("run", help="run folder written by 'ppo-edu train', or a model.pt checkpoint")
+    e.add_argument("--episodes", type=int, default=20, help="evaluation episodes (default 20)")
+    e.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy action")
+    e.add_argument("--seed", type=int, default=10_000, help="evaluation seed (default 10000)")
+    return p
+
+
+def train(args) -> int:
+    base, default_steps = preset(args.env_id)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    config = base.replace(**overrides)
+    timesteps = args.timesteps or default_steps
+    out = Path(args.out or os.path.join("runs", args.env_id, f"seed{args.seed}"))
+    out.mkdir(parents=True, exist_ok=True)
+    agent = PPO(args.env_id, config, seed=args.seed)
+    meta = {"env_id": args.env_id, "seed": args.seed, "total_timesteps": timesteps,
+            "config": config.to_dict(), "python": platform.python_version()}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    print(f"training PPO on {args.env_id} for {timesteps} steps (seed {args.seed}) -> {out}")
+    agent.learn(timesteps, progress_bar=not args.no_progress)
+    agent.save(out / "model.pt")
+    _write_metrics(agent.history, out / "metrics.csv")
+    from .plotting import save_run_plot
+
+    save_run_plot(agent.history, out / "learning_curve.png", f"PPO on {args.env_id}, seed {args.seed}")
+    mean, std = agent.evaluate(args.eval_episodes)
+    (out / "eval.json").write_text(json.dumps({"episodes": args.eval_episodes, "mean_return": mean,
+                                               "std_return": std, "deterministic": True}, indent=2))
+    last = agent.history[-1]
+    print(f"trained {agent.num_timesteps} steps in {last['wall_time']:.1f} s")
+    print(f"greedy evaluation over {args.eval_episodes} episodes: {mean:.1f} +- {std:.1f}")
+    print(f"run folder: {out}")
+    return 0
+
+
+def _write_metrics(rows, path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def evaluate(args) -> int:
+    path = Path(args.run)
+    ckpt = path / "model.pt" if path.is_dir() else path
+    agent = PPO.load(ckpt)
+    mean, std = agent.evaluate(args.episodes, deterministic=not args.stochastic, seed=args.seed)
+    kind = "stochastic" if args.stochastic else "greedy"
+    print(f"{agent.env_id}: {kind} return over {args.episodes} episodes: {mean:.1f} +- {std:.1f} "
+          f"({agent.num_timesteps} training steps)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args) if args.command == "train" else evaluate(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"ppo-edu {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
