@@ -116,7 +116,7 @@ PRESETS: dict[str, tuple[PPOConfig, int]] = {
     "CartPole-v1": (PPOConfig(n_envs=8, n_steps=32, n_epochs=20, n_minibatches=1, lr=1e-3,
                               gamma=0.98, lam=0.8, anneal_clip=True, ent_coef=0.0), 100_000),
     "Acrobot-v1": (PPOConfig(n_envs=16, n_steps=256, n_epochs=4, n_minibatches=64, lr=3e-4,
-                             anneal_lr=False, gamma=0.99, lam=0.94, norm_obs=True), 200_000),
+                             anneal_lr=False, gamma=0.99, lam=0.94, norm_obs=True, norm_reward=True), 200_000),
     "Pendulum-v1": (PPOConfig(n_envs=4, n_steps=1024, n_epochs=10, n_minibatches=64, lr=1e-3,
                               gamma=0.9, lam=0.95, norm_obs=False, norm_reward=False), 200_000),
 }
