@@ -81,3 +81,74 @@ def raw_env_throughput(env_id: str, n_envs: int, steps: int = 20_000) -> float:
     for i in range(steps // n_envs):
         env.step(actions[i % 64])
     return steps / (time.perf_counter() - t0)
+
+
+def run_ppo_edu(env_id, seed, budget, every, n_eval):
+    """Train ppo_edu with the env's preset, evaluating on the side."""
+    from ppo_edu import PPO, preset
+
+    agent = PPO(env_id, preset(env_id)[0], seed=seed)
+    clock = EvalClock(lambda o: agent.predict(o)[0], env_id, every, n_eval, 1000 * seed)
+    agent.learn(budget, callback=lambda a, row: clock.maybe_eval(a.num_timesteps))
+    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time}
+
+
+def run_sb3(env_id, seed, budget, every, n_eval, n_envs, **ppo_kwargs):
+    """Train Stable-Baselines3's PPO with the given hyperparameters, evaluating on the side."""
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", **ppo_kwargs)
+    clock = EvalClock(lambda o: model.predict(o, deterministic=True)[0], env_id, every, n_eval, 1000 * seed)
+
+    class Every(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            clock.maybe_eval(self.num_timesteps)
+
+        def _on_step(self) -> bool:
+            return True
+
+    clock.start = time.perf_counter()
+    model.learn(budget, callback=Every())
+    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time}
+
+
+def linear(v):
+    """SB3's linear schedule: progress_remaining goes 1 -> 0."""
+    return lambda progress: progress * v
+
+
+def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_episodes=20):
+    import argparse
+
+    import torch
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--budget", type=int, default=budget)
+    p.add_argument("--every", type=int, default=every)
+    p.add_argument("--eval-episodes", type=int, default=eval_episodes)
+    p.add_argument("--only", choices=["ppo_edu", "SB3"], default=None, help="run one library only")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    runners = {"ppo_edu": lambda s: run_ppo_edu(env_id, s, args.budget, args.every, args.eval_episodes),
+               "SB3": lambda s: run_sb3(env_id, s, args.budget, args.every, args.eval_episodes,
+                                        sb3_n_envs, **sb3_kwargs)}
+    if args.only:
+        runners = {args.only: runners[args.only]}
+    results = {lib: [] for lib in runners}
+    for seed in range(args.seeds):
+        for lib, fn in runners.items():  # alternate, so drift in machine load hits both
+            r = fn(seed)
+            results[lib].append(r)
+            evals = " ".join(f"{m:.0f}" for _, _, m in r["points"])
+            print(f"seed {seed} {lib:8s} train {r['train_seconds']:6.2f} s | evals every {args.every}: {evals}",
+                  flush=True)
+    report(results, threshold, args.budget)
+    raw = raw_env_throughput(env_id, sb3_n_envs)
+    for lib, runs in results.items():
+        sps = np.median([args.budget / r["train_seconds"] for r in runs])
+        print(f"{lib}: {sps:,.0f} env steps/s while training = {sps / raw:.1%} of the vectorised env alone "
+              f"({raw:,.0f} steps/s, {sb3_n_envs} envs, random actions)")

@@ -51,6 +51,30 @@ class FlatParams:
         return self.views[id(p)]
 
 
+def tanh_(z: np.ndarray) -> np.ndarray:
+    """tanh in place. For large arrays, tanh(z) = 2 * sigmoid(2z) - 1 with torch's vectorised
+    sigmoid is about twice as fast as ``np.tanh`` on this CPU (bench/ops.py measures it);
+    the absolute error stays below 1e-7."""
+    if z.size < 4096:
+        return np.tanh(z, out=z)
+    z *= 2.0
+    t = torch.from_numpy(z)
+    torch.sigmoid(t, out=t)
+    z *= 2.0
+    z -= 1.0
+    return z
+
+
+_ONES: dict[int, np.ndarray] = {}
+
+
+def _ones(n: int) -> np.ndarray:
+    """A cached vector of ones: ``ones @ g`` sums a batch faster than ``g.sum(0)``."""
+    if n not in _ONES:
+        _ONES[n] = np.ones(n, np.float32)
+    return _ONES[n]
+
+
 class _Dense:
     """One MLP as a list of (W, b, dW, db) views; W is (out, in) as in ``nn.Linear``."""
 
@@ -67,14 +91,14 @@ class _Dense:
         for i, (w, b, _, _) in enumerate(self.layers):
             z = x @ w.T  # (B, out)
             z += b
-            x = np.tanh(z, out=z) if (i < n - 1 or self.ends_with_activation) else z
+            x = tanh_(z) if (i < n - 1 or self.ends_with_activation) else z
             acts.append(x)
         return x, acts
 
     def backward(self, g: np.ndarray, acts: list[np.ndarray], need_input_grad: bool = False):
         """Accumulate dL/dW, dL/db given dL/d(output) ``g``; return dL/d(input) if asked."""
         n = len(self.layers)
-        ones = np.ones(len(g), np.float32)
+        ones = _ones(len(g))
         for i in reversed(range(n)):
             w, _, dw, db = self.layers[i]
             if i < n - 1 or self.ends_with_activation:
@@ -168,20 +192,21 @@ class NumpyActorCritic:
         # -- clipped surrogate (eq. 5.3): gradient flows only where the unclipped term is the min
         log_ratio = logp - logp_old
         ratio = np.exp(log_ratio)
-        clipped = np.clip(ratio, 1 - clip_eps, 1 + clip_eps)
-        pg_loss = -np.minimum(ratio * advantages, clipped * advantages).mean()
-        active = ratio * advantages <= clipped * advantages
-        g_logp = np.where(active, -ratio * advantages, 0.0) / B  # dL/dlogp, (B,)
+        surr1 = ratio * advantages
+        surr2 = np.minimum(np.maximum(ratio, 1 - clip_eps), 1 + clip_eps) * advantages
+        active = surr1 <= surr2
+        pg_loss = -np.where(active, surr1, surr2).sum() / B
+        g_logp = np.where(active, surr1, 0.0) * (-1.0 / B)  # dL/dlogp = -ratio * A / B where active
         # -- value loss (eq. 4.2 / 6.1)
         err = values - returns
         if vf_clip is None:
-            v_loss = 0.5 * (err * err).mean()
+            v_loss = 0.5 * np.dot(err, err) / B
             g_v = err / B
         else:
             dv = values - old_values
             err_c = old_values + np.clip(dv, -vf_clip, vf_clip) - returns
             use_unclipped = err * err >= err_c * err_c
-            v_loss = 0.5 * np.maximum(err * err, err_c * err_c).mean()
+            v_loss = 0.5 * np.maximum(err * err, err_c * err_c).sum() / B
             g_v = np.where(use_unclipped, err, err_c * (np.abs(dv) < vf_clip)) / B
         # -- backpropagate into the actor and critic
         g_out = g_logp[:, None] * dlogp_dout
@@ -195,11 +220,12 @@ class NumpyActorCritic:
         g_h_v = self.critic.backward((vf_coef * g_v)[:, None].astype(np.float32), critic_cache, shared)
         if self.trunk is not None:
             self.trunk.backward(g_h_pi + g_h_v, trunk_cache)
+        sum_log_ratio = log_ratio.sum()
         return {"policy_loss": float(pg_loss), "value_loss": float(v_loss),
-                "entropy": float(entropy.mean()),
-                "approx_kl_k1": float((-log_ratio).mean()),
-                "approx_kl_k3": float((np.expm1(log_ratio) - log_ratio).mean()),
-                "clip_fraction": float((np.abs(ratio - 1.0) > clip_eps).mean())}
+                "entropy": float(entropy.sum()) / B,
+                "approx_kl_k1": -float(sum_log_ratio) / B,
+                "approx_kl_k3": float((ratio - 1.0).sum() - sum_log_ratio) / B,
+                "clip_fraction": float(np.count_nonzero(np.abs(ratio - 1.0) > clip_eps)) / B}
 
 
 class Adam:
