@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .networks import ActorCritic
+from .networks import ActorCritic, gaussian_log_prob
 
 __all__ = ["FlatParams", "NumpyActorCritic", "Adam"]
 
@@ -136,11 +136,16 @@ class NumpyActorCritic:
         """Logits (Discrete) or Gaussian means (Box), ``(B, act_dim)``."""
         return self.actor.forward(self._features(obs)[0])[0]
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False):
-        """Sample actions; returns ``(actions, logp, values)`` as NumPy arrays."""
+    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
+            with_value: bool = True):
+        """Sample actions; returns ``(actions, logp, values)`` as NumPy arrays.
+
+        ``with_value=False`` skips the critic and returns ``values=None``: the rollout then
+        evaluates V on all its observations in one batched pass, which is cheaper.
+        """
         h_pi, h_v, _ = self._features(obs)
         out, _ = self.actor.forward(h_pi)
-        values = self.critic.forward(h_v)[0][:, 0]
+        values = self.critic.forward(h_v)[0][:, 0] if with_value else None
         if self.discrete:
             logp_all = out - out.max(1, keepdims=True)
             logp_all -= np.log(np.exp(logp_all).sum(1, keepdims=True))
@@ -154,7 +159,6 @@ class NumpyActorCritic:
             return actions, logp.astype(np.float32), values
         std = np.exp(self.log_std)
         actions = out if deterministic else out + std * rng.standard_normal(out.shape).astype(np.float32)
-        from .networks import gaussian_log_prob
         return actions.astype(np.float32), gaussian_log_prob(out, self.log_std, actions).astype(np.float32), values
 
     # ---- the loss and its gradient ----------------------------------------------------

@@ -41,8 +41,8 @@ class RunningMeanStd:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = np.asarray(state["mean"], np.float64)
-        self.var = np.asarray(state["var"], np.float64)
+        self.mean = np.array(state["mean"], np.float64)  # a copy, never shared
+        self.var = np.array(state["var"], np.float64)
         self.count = float(state["count"])
 
 

@@ -179,7 +179,7 @@ class PPO:
                                 action_low=low, action_high=high)
 
     def _act(self, obs: np.ndarray):
-        return self.fast.act(obs, self.rng)
+        return self.fast.act(obs, self.rng, with_value=False)  # V is batched after the rollout
 
     # ------------------------------------------------------------------ training
     def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False) -> "PPO":
@@ -234,15 +234,16 @@ class PPO:
         n = len(idx)
         sums: dict[str, float] = {}
         count, stopped = 0, False
+        full_batch = cfg.n_minibatches == 1  # order is irrelevant: skip shuffling and copying
         for epoch in range(cfg.n_epochs):
-            perm = self.rng.permutation(n)
-            for mb in np.array_split(perm, cfg.n_minibatches):
-                if len(mb) < 2:
-                    continue
+            batches = [slice(None)] if full_batch else np.array_split(self.rng.permutation(n), cfg.n_minibatches)
+            for mb in batches:
                 adv = b_adv[mb]
+                if len(adv) < 2:
+                    continue
                 if cfg.norm_adv:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32), b_ret[mb], b_val[mb])
+                args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32, copy=False), b_ret[mb], b_val[mb])
                 info = self._step(*args, lr=lr, clip_eps=clip_eps)
                 for k, v in info.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -70,7 +70,8 @@ class RolloutCollector:
     """Steps a vector env with a policy and fills :class:`RolloutBuffer` objects.
 
     ``act_fn(obs) -> (actions, logp, values)`` and ``value_fn(obs) -> values`` take
-    normalised observations ``(N, obs_dim)``. Finished episodes' undiscounted returns and
+    normalised observations ``(N, obs_dim)``. An ``act_fn`` may return ``values=None``: V is
+    then computed for the whole rollout in one batched ``value_fn`` call at the end. Finished episodes' undiscounted returns and
     lengths (raw rewards) accumulate in ``episode_returns`` / ``episode_lengths``.
     """
 
@@ -113,7 +114,10 @@ class RolloutCollector:
             valid = np.ones(self.n_envs, bool) if self.same_step else ~self.prev_done
             done = np.logical_or(terminated, truncated)
             # -- store; NEXT_STEP reset steps are kept but marked invalid
-            buf.obs[t], buf.actions[t], buf.logp[t], buf.values[t] = obs_n, actions, logp, values
+            buf.obs[t], buf.actions[t], buf.logp[t] = obs_n, actions, logp
+            if values is not None:
+                buf.values[t] = values
+            batched_values = values is None
             raw = np.asarray(rewards, np.float64) * valid
             buf.rewards[t] = raw if self.reward_scaler is None else self.reward_scaler(raw, done & valid)
             buf.terminated[t], buf.truncated[t], buf.valid[t] = terminated & valid, truncated & valid, valid
@@ -126,6 +130,8 @@ class RolloutCollector:
             self._track_episodes(raw, done & valid, valid)
             self.prev_done = done if not self.same_step else np.zeros(self.n_envs, bool)
             self.obs = next_obs
+        if batched_values:  # V(s_t) for every step in one pass
+            buf.values[:] = value_fn(buf.obs.reshape(T * self.n_envs, -1)).reshape(T, self.n_envs)
         # -- V(s_{t+1}): the next row's value, the last row's from the current observation
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = value_fn(self.normalize(self.obs))
