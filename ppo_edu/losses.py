@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl", "normalize_advantages"]
+__all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl", "kl_k1", "kl_k3",
+           "normalize_advantages"]
+
+
+def kl_k1(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """k1 estimate of KL(pi_old || pi_new) from samples of pi_old: mean of -log r (eq. 5.6a)."""
+    return (logp_old - logp_new).mean()
+
+
+def kl_k3(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(pi_old || pi_new): mean of (r - 1) - log r, never negative (eq. 5.6b)."""
+    log_ratio = logp_new - logp_old
+    return (torch.expm1(log_ratio) - log_ratio).mean()
 
 
 def approx_kl(logp_new: torch.Tensor, logp_old: torch.Tensor) -> dict[str, torch.Tensor]:
     """The k1 and k3 estimators of KL(pi_old || pi_new), averaged (eq. 5.6)."""
-    log_ratio = logp_new - logp_old
-    return {"approx_kl_k1": (-log_ratio).mean(),
-            "approx_kl_k3": (torch.expm1(log_ratio) - log_ratio).mean()}
+    return {"approx_kl_k1": kl_k1(logp_new, logp_old), "approx_kl_k3": kl_k3(logp_new, logp_old)}
 
 
 def clipped_surrogate_loss(

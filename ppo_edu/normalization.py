@@ -11,7 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RunningMeanStd", "RewardScaler"]
+__all__ = ["RunningMeanStd", "RewardScaler", "merge_moments"]
+
+
+def merge_moments(mean, var, count, batch_mean, batch_var, batch_count):
+    """Merge running (mean, var, count) with a batch's moments; returns the new triple.
+
+    Population variances throughout (``np.var`` with ``ddof=0``).
+    """
+    delta = batch_mean - mean
+    total = count + batch_count
+    new_mean = mean + delta * batch_count / total
+    m2 = var * count + batch_var * batch_count + delta ** 2 * count * batch_count / total
+    return new_mean, m2 / total, total
 
 
 class RunningMeanStd:
@@ -27,12 +39,8 @@ class RunningMeanStd:
         self.update_from_moments(batch.mean(0), batch.var(0), batch.shape[0])
 
     def update_from_moments(self, batch_mean, batch_var, batch_count: int) -> None:
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta ** 2 * self.count * batch_count / total
-        self.var = m2 / total
-        self.count = total
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count,
+                                                        batch_mean, batch_var, batch_count)
 
     def normalize(self, x: np.ndarray, clip: float = 10.0) -> np.ndarray:
         return np.clip((x - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip).astype(np.float32)

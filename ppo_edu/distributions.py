@@ -1,0 +1,44 @@
+"""Log-probabilities and entropies of the two policy families, as pure torch functions
+(Chapters 4 and 7). ``ActorCritic`` uses ``torch.distributions``; tests check these agree.
+
+Categorical over logits z (eq. 4.1)::
+
+    log pi(a) = z_a - logsumexp(z),         H = -sum_a pi(a) log pi(a)
+
+Diagonal Gaussian with mean mu and log standard deviation log_sigma (eq. 7.1, 7.2)::
+
+    log pi(a) = sum_d [ -(a_d - mu_d)^2 / (2 sigma_d^2) - log sigma_d - log(2 pi) / 2 ]
+    H         = sum_d [ log sigma_d + (1 + log(2 pi)) / 2 ]
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["categorical_log_prob", "categorical_entropy", "gaussian_log_prob", "gaussian_entropy"]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) for logits ``(B, A)`` and integer actions ``(B,)`` -> ``(B,)``."""
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H[pi(.|s)] for logits ``(B, A)`` -> ``(B,)``."""
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log N(a; mu, sigma^2) summed over action dims: mean/actions ``(B, D)``, log_std ``(D,)`` -> ``(B,)``."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z ** 2 - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """Entropy of a diagonal Gaussian, summed over dims: log_std ``(D,)`` or ``(B, D)`` -> scalar or ``(B,)``."""
+    return (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1)
