@@ -151,7 +151,7 @@ def _fmt(x) -> str:
     if torch.is_tensor(x):
         a = x.detach().cpu().numpy()
         if a.size <= 24:  # small: one line, nested lists
-            return str(np.round(a, 4).tolist() if a.dtype != bool else a.tolist())
+            return str(a.tolist() if a.dtype == bool else np.round(a.astype(np.float64), 4).tolist())
         return np.array2string(a, precision=4, max_line_width=90, threshold=40)
     return repr(x)
 
