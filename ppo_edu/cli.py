@@ -1,4 +1,4 @@
-"""The ``ppo-edu`` command: ``ppo-edu train ENV_ID`` and ``ppo-edu eval RUN_DIR``.
+"""The ``ppo-edu`` command: ``train``, ``eval``, and for teachers ``assign`` and ``grade``.
 
 A run folder holds ``config.json``, ``metrics.csv`` (one row per update),
 ``learning_curve.png``, ``model.pt`` (the checkpoint) and ``eval.json``.
@@ -66,7 +66,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=20, help="evaluation episodes (default 20)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy action")
     e.add_argument("--seed", type=int, default=10_000, help="evaluation seed (default 10000)")
+    a = sub.add_parser("assign", help="write the student version of a chapter",
+                       description="Write the student version of a notebook: solutions replaced by "
+                                   "'raise NotImplementedError', hidden tests removed, outputs cleared.")
+    a.add_argument("notebook", help="a chapter with graded exercises, e.g. book/05_ppo.ipynb")
+    a.add_argument("--out", required=True, help="folder for the student version")
+    g = sub.add_parser("grade", help="grade a folder of submissions",
+                       description="Execute each submitted notebook (or .py module) in a fresh kernel with the "
+                                   "hidden tests restored; write one CSV row per student and exercise and a "
+                                   "feedback file per student. Submitted files are never modified.")
+    g.add_argument("submissions", help="folder of .ipynb / .py submissions (one per student, named after them)")
+    g.add_argument("--assignment", required=True, help="the teacher's notebook (with solutions and hidden tests)")
+    g.add_argument("--out", required=True, help="CSV file to write, e.g. grades.csv")
+    g.add_argument("--feedback", default=None, help="folder for per-student feedback (default: beside the CSV)")
+    g.add_argument("--timeout", type=float, default=300, help="seconds allowed per cell (default 300)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def assign_cmd(args) -> int:
+    from .coursework import assign
+
+    out = assign(args.notebook, args.out)
+    print(f"student version written to {out}")
+    return 0
+
+
+def grade_cmd(args) -> int:
+    from .coursework import grade
+
+    rows = grade(args.submissions, args.assignment, args.out, timeout=args.timeout,
+                 feedback_dir=args.feedback, progress=not args.no_progress)
+    students = dict.fromkeys(r.student for r in rows)
+    for s in students:
+        mine = [r for r in rows if r.student == s]
+        print(f"{s}: {sum(r.points for r in mine):g} / {sum(r.max_points for r in mine):g}")
+    print(f"grades written to {args.out}")
+    return 0
 
 
 def train(args) -> int:
@@ -119,8 +155,9 @@ def evaluate(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd}
     try:
-        return train(args) if args.command == "train" else evaluate(args)
+        return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"ppo-edu {args.command}: error: {err}", file=sys.stderr)
         return 2
