@@ -96,9 +96,9 @@ def assign(notebook, out_dir) -> Path:
 
 
 # ----------------------------------------------------------------------------- grading
-def _merge_submission(source, submission_path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
+def _merge_submission(source, submission_path: Path) -> tuple[nbformat.NotebookNode, dict[str, str]]:
     """The teacher's notebook with the student's solution cells put in; notes on what is missing."""
-    graded, notes = copy.deepcopy(source), []
+    graded, notes = copy.deepcopy(source), {}
     if submission_path.suffix == ".py":
         code = f"exec(compile(open({str(submission_path)!r}).read(), {submission_path.name!r}, 'exec'))"
         first = True
@@ -118,7 +118,7 @@ def _merge_submission(source, submission_path: Path) -> tuple[nbformat.NotebookN
             if meta.get("grade_id") in theirs:
                 cell.source = theirs[meta["grade_id"]]
             else:
-                notes.append(f"solution cell {meta.get('grade_id')!r} is missing from the submission")
+                notes[str(meta.get("grade_id"))] = "is missing from the submission"
                 cell.source = SOLUTION.sub(lambda m: f"{m.group(1)}{STUB}{m.group(2)}", cell.source)
     return graded, notes
 
@@ -163,8 +163,9 @@ def grade_one(source, submission: Path, timeout: float = 120, kernel: str = "pyt
         except ValueError as err:
             return [GradeRow(student, t.grade_id, 0.0, t.points, False, str(err)) for t in tests]
         fatal = _execute(nb, Path(tmp), timeout, kernel)
-    solution_errors = {str(_meta(c).get("grade_id")): _cell_error(c, timeout)
-                       for c in nb.cells if _meta(c).get("solution") and _cell_error(c)}
+    problems = dict(notes)  # solution grade_id -> what went wrong with it
+    problems.update({str(_meta(c).get("grade_id")): f"failed: {_cell_error(c, timeout)}"
+                     for c in nb.cells if _meta(c).get("solution") and _cell_error(c)})
     rows = []
     for t in tests:
         cell = nb.cells[t.cell_index]
@@ -174,9 +175,8 @@ def grade_one(source, submission: Path, timeout: float = 120, kernel: str = "pyt
             rows.append(GradeRow(student, t.grade_id, t.points, t.points, True, "passed"))
             continue
         # a solution cell belongs to the tests whose grade_id starts with its own
-        own = {g: e for g, e in solution_errors.items() if t.grade_id.startswith(g)} or solution_errors
-        causes = ([n for n in notes if any(g in n for g in own) or not own] or notes) + \
-            [f"solution cell {g!r} failed: {e}" for g, e in own.items()] + ([fatal] if fatal else [])
+        own = {g: p for g, p in problems.items() if t.grade_id.startswith(g)} or problems
+        causes = [f"solution cell {g!r} {p}" for g, p in own.items()] + ([fatal] if fatal else [])
         reason = "; ".join(causes + [f"test: {error or 'the test cell did not run'}"])
         rows.append(GradeRow(student, t.grade_id, 0.0, t.points, False, reason))
     return rows
