@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default runs/ENV_ID/seedSEED)")
     t.add_argument("--eval-episodes", type=int, default=20, help="greedy evaluation episodes (default 20)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--save-every", type=int, default=0, metavar="UPDATES",
+                   help="also write model.pt every this many updates (0: only at the end)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes: launches 'torchrun --nproc_per_node=NPROC -m ppo_edu.train' "
+                        "(gloo on CPU, nccl on GPU); --timesteps counts all processes' steps")
     _add_config_options(t)
     e = sub.add_parser("eval", help="reload a run folder (or checkpoint) and evaluate it",
                        description="Reload a saved agent and report its mean return.")
@@ -105,19 +110,51 @@ def grade_cmd(args) -> int:
     return 0
 
 
-def train(args) -> int:
+def launch_torchrun(argv: list[str], nproc: int) -> int:
+    """Re-run this training command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv[1:]:  # drop 'train' and the --nproc option
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "ppo_edu.train", *rest]
+    print("launching:", " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
+
+
+def train(args, extra_callback=None) -> int:
+    from . import distributed
+
+    dist = distributed.info()
+    main_rank = dist.is_main
     base, default_steps = preset(args.env_id)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     config = base.replace(**overrides)
     timesteps = args.timesteps or default_steps
     out = Path(args.out or os.path.join("runs", args.env_id, f"seed{args.seed}"))
-    out.mkdir(parents=True, exist_ok=True)
     agent = PPO(args.env_id, config, seed=args.seed)
-    meta = {"env_id": args.env_id, "seed": args.seed, "total_timesteps": timesteps,
-            "config": config.to_dict(), "python": platform.python_version()}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
-    print(f"training PPO on {args.env_id} for {timesteps} steps (seed {args.seed}) -> {out}")
-    agent.learn(timesteps, progress_bar=not args.no_progress)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"env_id": args.env_id, "seed": args.seed, "total_timesteps": timesteps, "processes": dist.world_size,
+                "config": config.to_dict(), "python": platform.python_version()}
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
+        print(f"training PPO on {args.env_id} for {timesteps} steps (seed {args.seed}, "
+              f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}) -> {out}", flush=True)
+
+    def callback(a, row):
+        if main_rank and args.save_every and a.n_updates % args.save_every == 0:
+            a.save(out / "model.pt")
+        return None if extra_callback is None else extra_callback(a, row)
+
+    agent.learn(timesteps, callback=callback, progress_bar=not args.no_progress)
+    if not main_rank:
+        return 0
     agent.save(out / "model.pt")
     _write_metrics(agent.history, out / "metrics.csv")
     from .plotting import save_run_plot
@@ -154,7 +191,10 @@ def evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(argv, args.nproc)
     commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd}
     try:
         return commands[args.command](args)

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .fastmlp import Adam, FlatParams, NumpyActorCritic
 from .gae import compute_gae
 from .losses import clipped_surrogate_loss, entropy_bonus, normalize_advantages, value_loss
@@ -147,12 +147,15 @@ class PPO:
         elif env.num_envs != config.n_envs:
             config = config.replace(n_envs=env.num_envs)
         self.config, self.seed, self.env = config, int(seed), env
+        self.dist = distributed.info()  # rank and world size; (0, 1) outside torchrun
         set_threads(config.threads)
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # the same initial weights on every rank
         self.model = ActorCritic(env.single_observation_space, env.single_action_space, config.hidden,
                                  config.shared_network, config.orthogonal_init, config.log_std_init)
         self._build_engine()
-        self.rng = np.random.default_rng(self.seed)
+        distributed.broadcast_(self.flat.data)
+        # each rank samples with its own stream; rank 0 of 1 is the plain seed
+        self.rng = np.random.default_rng(self.seed if not self.dist.enabled else [self.seed, self.dist.rank])
         obs_dim = self.model.obs_dim
         self.obs_rms = RunningMeanStd((obs_dim,)) if config.norm_obs else None
         self.num_timesteps, self.n_updates = 0, 0
@@ -175,7 +178,9 @@ class PPO:
         if not self.model.discrete:
             low, high = space.low, space.high
         scaler = RewardScaler(self.env.num_envs, self.config.gamma) if self.config.norm_reward else None
-        return RolloutCollector(self.env, seed=self.seed, obs_rms=self.obs_rms, reward_scaler=scaler,
+        # env i of rank r gets seed + r * n_envs + i: K ranks x N envs tile the seeds of 1 x K*N envs
+        env_seed = self.seed + self.dist.rank * self.env.num_envs
+        return RolloutCollector(self.env, seed=env_seed, obs_rms=self.obs_rms, reward_scaler=scaler,
                                 action_low=low, action_high=high)
 
     def _act(self, obs: np.ndarray):
@@ -183,7 +188,8 @@ class PPO:
 
     # ------------------------------------------------------------------ training
     def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False) -> "PPO":
-        """Train for ``total_timesteps`` environment steps (rounded up to whole rollouts).
+        """Train for ``total_timesteps`` environment steps (rounded up to whole rollouts; with
+        torchrun, summed over all ranks).
 
         ``callback(agent, metrics)`` runs after every update with that update's metrics row;
         returning ``False`` stops training.
@@ -193,11 +199,13 @@ class PPO:
         cfg = self.config
         if self._collector is None:
             self._collector = self._make_collector()
-        n_updates = math.ceil(total_timesteps / cfg.batch_size)
+        world = self.dist.world_size
+        n_updates = math.ceil(total_timesteps / (cfg.batch_size * world))
         act_shape = () if self.model.discrete else (self.model.act_dim,)
         buf = RolloutBuffer.empty(cfg.n_steps, cfg.n_envs, self.model.obs_dim, act_shape,
                                   np.int64 if self.model.discrete else np.float32)
-        bar = _progress(total=n_updates * cfg.batch_size, enabled=progress_bar)
+        progress_bar = progress_bar and self.dist.is_main
+        bar = _progress(total=n_updates * cfg.batch_size * world, enabled=progress_bar)
         start = time.perf_counter()
         for update in range(n_updates):
             # -- schedules: linear decay to 0 over this learn() call
@@ -206,7 +214,7 @@ class PPO:
             clip_eps = cfg.clip_eps * frac if cfg.anneal_clip else cfg.clip_eps
             # -- phase 1: collect a rollout with the current policy
             self._collector.collect(buf, self._act, self.fast.value)
-            self.num_timesteps += cfg.batch_size
+            self.num_timesteps += cfg.batch_size * world
             # -- phase 2: advantages and returns (Chapter 3)
             advantages, returns = compute_gae(*(torch.from_numpy(x) for x in (
                 buf.rewards, buf.values, buf.next_values, buf.terminated, buf.truncated)),
@@ -217,7 +225,7 @@ class PPO:
             self.n_updates += 1
             row = self._metrics_row(buf, returns.numpy(), stats, lr, clip_eps, time.perf_counter() - start)
             self.history.append(row)
-            bar.update(cfg.batch_size)
+            bar.update(cfg.batch_size * world)
             if progress_bar:
                 bar.set_postfix(ret=f"{row['episodic_return']:.1f}", kl=f"{row['approx_kl']:.3f}")
             if callback is not None and callback(self, row) is False:
@@ -239,16 +247,17 @@ class PPO:
             batches = [slice(None)] if full_batch else np.array_split(self.rng.permutation(n), cfg.n_minibatches)
             for mb in batches:
                 adv = b_adv[mb]
-                if len(adv) < 2:
+                if len(adv) == 0:
                     continue
-                if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                if cfg.norm_adv:  # global statistics when data-parallel (equal to one big batch)
+                    mean, std = distributed.global_mean_std(adv) if self.dist.enabled else (adv.mean(), adv.std())
+                    adv = (adv - mean) / (std + 1e-8)
                 args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32, copy=False), b_ret[mb], b_val[mb])
                 info = self._step(*args, lr=lr, clip_eps=clip_eps)
                 for k, v in info.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                if cfg.target_kl is not None and info["approx_kl_k3"] > cfg.target_kl:
+                if cfg.target_kl is not None and self._mean_over_ranks(info["approx_kl_k3"]) > cfg.target_kl:
                     stopped = True
                     break
             if stopped:
@@ -256,6 +265,14 @@ class PPO:
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out.update(n_minibatch_steps=count, early_stop=stopped)
         return out
+
+    def _mean_over_ranks(self, value: float) -> float:
+        """Every rank must take the same early-stop decision, or the next all_reduce hangs."""
+        if not self.dist.enabled:
+            return value
+        t = np.array([value], np.float64)
+        distributed.average_(t)
+        return float(t[0])
 
     def _step(self, obs, actions, logp_old, adv, returns, old_values, *, lr, clip_eps) -> dict:
         """One gradient step on one minibatch; returns its diagnostics."""
@@ -267,6 +284,7 @@ class PPO:
                                            clip_eps=clip_eps, vf_clip=vf_clip, ent_coef=cfg.ent_coef,
                                            vf_coef=cfg.vf_coef)
             self._check_finite(info)
+            distributed.average_(self.flat.grad)  # data-parallel: mean gradient over ranks
             info["grad_norm"] = float(np.sqrt(np.dot(self.flat.grad, self.flat.grad)))
             if cfg.max_grad_norm is not None:
                 self.flat.grad *= min(1.0, cfg.max_grad_norm / (info["grad_norm"] + 1e-6))
@@ -286,6 +304,7 @@ class PPO:
         self.optimizer.zero_grad(set_to_none=False)
         self.flat.grad.fill(0.0)
         loss.backward()
+        distributed.average_(self.flat.grad)  # p.grad are views of flat.grad
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
         info["grad_norm"] = float(norm)
         for g in self.optimizer.param_groups:
