@@ -279,6 +279,11 @@ def surrogate_clipped_term_only(logp_new, logp_old, advantages, clip_eps):
     return -(torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages).mean()
 
 
+def surrogate_no_clipping(logp_new, logp_old, advantages, clip_eps):
+    """The vanilla importance-sampled policy gradient: clip_eps is never used."""
+    return -(torch.exp(logp_new - logp_old) * advantages).mean()
+
+
 def surrogate_ratio_as_quotient(logp_new, logp_old, advantages, clip_eps):
     ratio = logp_new / logp_old
     return -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages).mean()
@@ -529,7 +534,6 @@ DIAGNOSED = [
     (check_clipped_surrogate_loss, surrogate_max, "max where min belongs"),
     (check_clipped_surrogate_loss, surrogate_objective_not_loss, "sign error"),
     (check_clipped_surrogate_loss, surrogate_clips_advantage, "clip the probability ratio, not the advantage"),
-    (check_clipped_surrogate_loss, surrogate_clipped_term_only, "without the min"),
     (check_value_loss, value_loss_no_half, "0.5 is missing"),
     (check_value_loss, value_loss_min, "min where max belongs"),
     (check_value_loss, value_loss_clamps_value, "clip the change V - V_old"),
@@ -561,6 +565,8 @@ UNDIAGNOSED = [
     (check_compute_gae, gae_bootstrap_from_values_t_plus_1, None),
     (check_compute_gae, gae_no_gamma_in_delta, None),
     (check_normalize_advantages, normalize_per_row, "wrong axis"),
+    (check_clipped_surrogate_loss, surrogate_clipped_term_only, "without the min"),
+    (check_clipped_surrogate_loss, surrogate_no_clipping, None),
     (check_clipped_surrogate_loss, surrogate_ratio_as_quotient, "not a quotient of log-probabilities"),
     (check_clipped_surrogate_loss, surrogate_ratio_without_exp, None),
     (check_clipped_surrogate_loss, surrogate_sum, None),
@@ -683,12 +689,25 @@ def test_student_that_raises():
     assert 'raise ValueError("I have not written this yet")' in result.message  # the offending line
 
 
-def test_student_that_raises_inside_torch():
-    def wrong_broadcast(rewards, dones, gamma):
-        return rewards + dones[:, :1].repeat(1, 7)
+def test_student_that_raises_on_an_index():
+    def reads_past_the_end(rewards, dones, gamma):
+        G = torch.zeros_like(rewards)
+        for t in reversed(range(len(rewards))):
+            G[t] = rewards[t] + gamma * (1 - dones[t]) * G[t + 1]
+        return G
 
-    result = check_discounted_returns(wrong_broadcast)
-    assert result.passed is False and "raised RuntimeError" in result.message
+    result = check_discounted_returns(reads_past_the_end)
+    assert result.passed is False
+    assert "raised IndexError" in result.message and "G[t + 1]" in result.message
+
+
+def test_parameters_must_keep_the_reference_names():
+    def renamed(r, d, gamma):  # the checks call the student function with keyword arguments
+        return returns_ok(r, d, gamma)
+
+    result = check_discounted_returns(renamed)
+    assert result.passed is False
+    assert "raised TypeError" in result.message and "unexpected keyword argument 'rewards'" in result.message
 
 
 def test_value_loss_that_ignores_the_optional_arguments_raises():
@@ -707,8 +726,8 @@ def test_wrong_shape():
 
 
 def test_wrong_number_of_outputs():
-    def only_advantages(*args):
-        return gae_ok(*args)[0]
+    def only_advantages(**kw):
+        return gae_ok(**kw)[0]
 
     result = check_compute_gae(only_advantages)
     assert result.passed is False and "returned 1 value(s); expected 2" in result.message
@@ -788,8 +807,8 @@ def test_python_list():
     result = check_discounted_returns(as_list)
     assert result.passed is False and "expected a torch tensor" in result.message
 
-    def moments_as_list(*args):
-        return list(merge_ok(*args))
+    def moments_as_list(**kw):
+        return list(merge_ok(**kw))
 
     result = check_merge_moments(moments_as_list)
     assert result.passed is False and "returned a list; expected a torch tensor" in result.message
