@@ -17,6 +17,7 @@ check itself never raises.
 from __future__ import annotations
 
 import html
+import inspect
 import signal
 import threading
 import traceback
@@ -96,21 +97,21 @@ class Spec:
 
 
 # ----------------------------------------------------------------------------- harness
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not an Exception: a student's `except Exception` cannot swallow it
     pass
 
 
-def _call_with_timeout(fn, kwargs, seconds):
+def _call_with_timeout(fn, args, seconds):
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        return fn(**kwargs)
+        return fn(*args)
 
     def on_alarm(signum, frame):
         raise _Timeout()
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)  # and again every 0.5 s until it lands
     try:
-        return fn(**kwargs)
+        return fn(*args)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -161,9 +162,10 @@ def _fmt_inputs(inputs: dict) -> str:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """float64 results must agree to 1e-7 relative; float32 ones (and integers) to 1e-4."""
+    rtol, atol = (1e-7, 1e-9) if (a.dtype == torch.float64 and b.dtype == torch.float64) else (1e-4, 1e-5)
     a, b = a.detach().double(), b.detach().double()
-    tol = 1e-9 if a.dtype == torch.float64 else 1e-4
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=max(tol, 1e-5), atol=tol + 1e-6, equal_nan=False))
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=False))
 
 
 def _same_outputs(got, want) -> bool:
@@ -192,13 +194,19 @@ def _failure(spec, case, text, expected=None, got=None, hint=None) -> str:
     return "\n".join(parts)
 
 
+def _positional(spec: Spec, inputs: dict) -> list:
+    """The inputs in the reference's parameter order: students may name their parameters freely."""
+    names = [n for n in inspect.signature(spec.reference).parameters if n in inputs]
+    return [inputs[n] for n in names]
+
+
 def _check_one(spec: Spec, fn: Callable, case: Case, timeout: float) -> str | None:
     """None if ``fn`` agrees with the reference on ``case``, else the failure message."""
     ref_in = _clone(case.inputs, spec.grad_wrt)
     expected = _as_outputs(spec.reference(**ref_in), spec.first_output_only)
     stu_in = _clone(case.inputs, spec.grad_wrt)
     try:
-        raw = _call_with_timeout(fn, stu_in, timeout)
+        raw = _call_with_timeout(fn, _positional(spec, stu_in), timeout)
     except _Timeout:
         return _failure(spec, case, f"Your function ran for more than {timeout:g} s (an infinite loop?).")
     except Exception as err:  # the student's error, reported, never raised
@@ -208,6 +216,11 @@ def _check_one(spec: Spec, fn: Callable, case: Case, timeout: float) -> str | No
     for k, v in case.inputs.items():
         if torch.is_tensor(v) and not torch.equal(stu_in[k].detach(), v):
             return _failure(spec, case, f"Your function modified its input `{k}` in place; work on a copy.")
+    loss_like = raw[0] if (spec.first_output_only and isinstance(raw, tuple) and raw) else raw
+    if spec.grad_wrt and not torch.is_tensor(loss_like) and isinstance(loss_like, (float, int, np.ndarray, np.generic)):
+        return _failure(spec, case, f"Your loss is a {type(loss_like).__name__}, not a torch tensor, so it is not "
+                                    f"differentiable with respect to `{spec.grad_wrt[0]}`: did you call .item() "
+                                    "or use NumPy inside?")
     try:
         got = _as_outputs(raw, spec.first_output_only)
     except TypeError as err:
@@ -242,10 +255,23 @@ def _check_grads(spec, case, ref_in, expected, stu_in, got) -> str | None:
         have = torch.zeros_like(stu_in[name]) if have is None else have
         if not _close(have, want):
             return _failure(spec, case, f"The loss value is right but its gradient with respect to `{name}` "
-                                        f"is not.\nExpected gradient:\n{_fmt(want)}\nReceived gradient:\n{_fmt(have)}",
-                            hint="a clamp or min/max that blocks (or lets through) the wrong gradient, or a "
-                                 "missing stop-gradient (.detach()) on a target.")
+                                        f"is not.\nExpected gradient: {_fmt(want)}\nReceived gradient: {_fmt(have)}",
+                            hint=_diagnose_grad(spec, case, name, have))
     return None
+
+
+def _diagnose_grad(spec: Spec, case: Case, name: str, have: torch.Tensor) -> str:
+    for hint in spec.hints:
+        inputs = _clone(case.inputs, spec.grad_wrt)
+        try:
+            out = _as_outputs(hint.buggy(**inputs), spec.first_output_only)[0]
+            (grad,) = torch.autograd.grad(out, inputs[name], allow_unused=True)
+        except Exception:
+            continue
+        if grad is not None and _close(have, grad):
+            return hint.text
+    return ("a clamp or min/max that blocks (or lets through) the wrong gradient, or a missing "
+            "stop-gradient (.detach()) on a target.")
 
 
 def run_check(spec: Spec, fn: Callable, timeout: float = TIMEOUT_S) -> CheckResult:
@@ -326,6 +352,8 @@ RETURNS = Spec("discounted_returns", discounted_returns, _returns_cases, [
     Hint("no discount: G_t = r_t + gamma * (1 - done_t) * G_{t+1}.", _returns_no_gamma),
     Hint("off by one: the done flag of step t cuts the return after r_t (use done_t, not done_{t+1}).",
          _returns_off_by_one),
+    Hint("the reward of step t itself is not discounted: G_t = r_t + gamma * (1 - done_t) * G_{t+1}, "
+         "not gamma * (r_t + ...).", lambda rewards, dones, gamma: gamma * discounted_returns(rewards, dones, gamma)),
 ])
 
 
@@ -373,6 +401,22 @@ def _gae_no_lambda(rewards, values, next_values, terminated, truncated, gamma, l
     return compute_gae(rewards, values, next_values, terminated, truncated, gamma, 1.0)
 
 
+def _gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam, delta_gamma=None):
+    """A plain loop; ``delta_gamma`` replaces gamma inside the TD residual only."""
+    g = gamma if delta_gamma is None else delta_gamma
+    adv, run = torch.zeros_like(values), torch.zeros_like(values[0])
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + g * (~terminated[t]).to(values.dtype) * next_values[t] - values[t]
+        run = delta + gamma * lam * (~(terminated[t] | truncated[t])).to(values.dtype) * run
+        adv[t] = run
+    return adv, adv + values
+
+
+def _gae_next_row_values(rewards, values, next_values, terminated, truncated, gamma, lam):
+    shifted = torch.cat([values[1:], next_values[-1:]])
+    return compute_gae(rewards, values, shifted, terminated, truncated, gamma, lam)
+
+
 def _gae_returns_without_values(rewards, values, next_values, terminated, truncated, gamma, lam):
     adv, _ = compute_gae(rewards, values, next_values, terminated, truncated, gamma, lam)
     return adv, adv
@@ -388,6 +432,10 @@ GAE = Spec("compute_gae", compute_gae, _gae_cases, [
     Hint("lambda is missing from the recursion: A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}.",
          _gae_no_lambda),
     Hint("the returns are the value targets: returns = advantages + values.", _gae_returns_without_values),
+    Hint("bootstrap from next_values[t], the value of the observation that really followed step t; values[t + 1] "
+         "is the next row, which after a time limit is the reset observation of a new episode.", _gae_next_row_values),
+    Hint("gamma is missing from the TD residual: delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t).",
+         lambda **kw: _gae_loop(**kw, delta_gamma=1.0)),
 ])
 
 
@@ -395,12 +443,16 @@ GAE = Spec("compute_gae", compute_gae, _gae_cases, [
 def _adv_cases():
     return [Case("four values", dict(advantages=_t([1.0, 2.0, 3.0, 6.0])), 4),
             Case("float64 (T=5, N=3): normalise over all elements", dict(advantages=_randn((5, 3), 3, torch.float64) * 3 + 1), 15),
-            Case("random batch of 64", dict(advantages=_randn((64,), 4) * 5 - 2), 64)]
+            Case("random batch of 64", dict(advantages=_randn((64,), 4) * 5 - 2), 64),
+            Case("all advantages equal (std 0: the 1e-8 keeps it finite)", dict(advantages=torch.full((6,), 2.5)), 6)]
 
 
 ADV = Spec("normalize_advantages", normalize_advantages, _adv_cases, [
     Hint("normalised over the wrong axis: whiten over all elements of the batch, not per column.",
          lambda advantages: (advantages - advantages.mean(0)) / (advantages.std(0, unbiased=False) + 1e-8)),
+    Hint("normalised over the wrong axis: whiten over all elements of the batch, not per row.",
+         lambda advantages: (advantages - advantages.mean(-1, keepdim=True))
+         / (advantages.std(-1, unbiased=False, keepdim=True) + 1e-8)),
     Hint("torch.std is unbiased (divides by n - 1) by default; the reference uses the population std "
          "(unbiased=False).", lambda advantages: (advantages - advantages.mean()) / (advantages.std() + 1e-8)),
     Hint("subtract the mean before dividing by the std.", lambda advantages: advantages / (advantages.std(unbiased=False) + 1e-8)),
@@ -412,7 +464,7 @@ ADV = Spec("normalize_advantages", normalize_advantages, _adv_cases, [
 def _surrogate_cases():
     logp_old = _t([-0.7, -0.7, -0.7, -0.7, -0.7, -0.7])
     ratios = _t([0.5, 0.9, 1.1, 1.5, 1.5, 0.5])
-    adv = _t([1.0, 1.0, -1.0, 1.0, -1.0, -1.0])
+    adv = _t([2.0, 0.5, -1.5, 1.0, -0.7, -2.0])
     return [
         Case("ratio = 1 (first epoch): the loss is -mean(A)", dict(logp_new=_t([-0.5, -1.2]), logp_old=_t([-0.5, -1.2]),
                                                                   advantages=_t([1.0, -2.0]), clip_eps=0.2), 2),
@@ -443,13 +495,20 @@ SURROGATE = Spec("clipped_surrogate_loss", clipped_surrogate_loss, _surrogate_ca
     Hint("without the min, the clipped term alone has zero gradient where the policy got worse: "
          "take min(r A, clip(r) A).", lambda logp_new, logp_old, advantages, clip_eps: -(
              torch.exp(logp_new - logp_old).clamp(1 - clip_eps, 1 + clip_eps) * advantages).mean()),
+    Hint("no clipping: without clip(r, 1 - eps, 1 + eps) nothing keeps the new policy near the old one.",
+         lambda logp_new, logp_old, advantages, clip_eps: -(torch.exp(logp_new - logp_old) * advantages).mean()),
+    Hint("the ratio is exp(logp_new - logp_old): you used the log-ratio itself.",
+         lambda logp_new, logp_old, advantages, clip_eps: _surr(torch.log(logp_new - logp_old), 0.0 * logp_old,
+                                                                advantages, clip_eps)),
+    Hint("average over the batch (mean), do not sum.", lambda **kw: _surr(**kw) * len(kw["advantages"])),
 ], grad_wrt=("logp_new",), first_output_only=True)
 
 
 def _vloss_cases():
-    v, r, o = _t([1.0, 2.0, 0.0, -1.0]), _t([1.5, 0.0, 0.3, -1.0]), _t([0.5, 2.5, 0.1, -1.2])
+    # values 0, 1: clipping makes the error larger (max keeps it); value 4: clipping makes it smaller
+    v, r, o = _t([1.0, 2.0, 0.0, -1.0, 0.5]), _t([1.5, 0.0, 0.3, -1.0, 1.5]), _t([0.5, 2.5, 0.1, -1.25, 1.4])
     return [
-        Case("unclipped, one value", dict(values=_t([2.0]), returns=_t([1.0])), 1),
+        Case("unclipped, one value", dict(values=_t([2.5]), returns=_t([1.0])), 1),
         Case("unclipped, four values", dict(values=v, returns=r), 4),
         Case("clipped with clip_eps=0.2 (some values moved further than 0.2)",
              dict(values=v, returns=r, old_values=o, clip_eps=0.2), 5),
@@ -476,6 +535,11 @@ VALUE = Spec("value_loss", value_loss, _vloss_cases, [
              (values - returns) ** 2, (values.clamp(-clip_eps, clip_eps) - returns) ** 2).mean()
          if clip_eps is not None else 0.5 * ((values - returns) ** 2).mean()),
     Hint("squared error, not absolute error.", lambda **kw: _vloss_variant(**kw, absolute=True)),
+    Hint("squared error, not absolute error.", lambda **kw: 2 * _vloss_variant(**kw, absolute=True)),
+    Hint("with old_values and clip_eps given, the loss must clip V around the old value V_old (clipping around "
+         "the returns changes nothing under the max): 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) "
+         "- R)^2)).",
+         lambda values, returns, old_values=None, clip_eps=None: 0.5 * ((values - returns) ** 2).mean()),
 ], grad_wrt=("values",))
 
 
@@ -495,6 +559,10 @@ ENTROPY_CAT = Spec("categorical_entropy", D.categorical_entropy, _logits_cases, 
     Hint("sign error: H = -sum_a pi(a) log pi(a) is never negative.", lambda logits: -D.categorical_entropy(logits)),
     Hint("summed over the batch instead of over actions: the entropy has one value per state (sum over the last axis).",
          lambda logits: D.categorical_entropy(logits).sum()),
+    Hint("summed over the batch instead of over actions: the entropy has one value per state (sum over the last axis).",
+         lambda logits: -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(0)),
+    Hint("sum over the actions, do not average: H = -sum_a pi(a) log pi(a).",
+         lambda logits: D.categorical_entropy(logits) / logits.shape[-1]),
     Hint("use the probabilities pi(a) = softmax(logits), not the logits, as weights.",
          lambda logits: -(logits * torch.log_softmax(logits, -1)).sum(-1)),
 ], default_hint="H = -sum_a pi(a) log pi(a) with log pi = log_softmax(logits).")
@@ -513,6 +581,10 @@ CAT_LOGP = Spec("categorical_log_prob", D.categorical_log_prob, _cat_logp_cases,
          lambda logits, actions: logits.gather(-1, actions.long()[:, None]).squeeze(-1)),
     Hint("you returned the probability, not its logarithm.",
          lambda logits, actions: D.categorical_log_prob(logits, actions).exp()),
+    Hint("pick one entry per row, log_probs[arange(B), actions]; log_probs[:, actions] makes a (B, B) matrix.",
+         lambda logits, actions: torch.log_softmax(logits, -1)[:, actions.long()]),
+    Hint("normalise over the actions (the last axis), not over the batch.",
+         lambda logits, actions: torch.log_softmax(logits, 0).gather(-1, actions.long()[:, None]).squeeze(-1)),
 ])
 
 
@@ -538,6 +610,11 @@ GAUSS_LOGP = Spec("gaussian_log_prob", D.gaussian_log_prob, _gauss_cases, [
     Hint("the normaliser -log sigma is missing from each dimension's log-density.",
          lambda **kw: _gauss_variant(**kw, with_norm=False)),
     Hint("divide (a - mu) by sigma = exp(log_std), not by the variance.", lambda **kw: _gauss_variant(**kw, use_var=True)),
+    Hint("the constant -log(2 pi) / 2 per dimension is missing.",
+         lambda mean, log_std, actions: D.gaussian_log_prob(mean, log_std, actions) + 0.5 * D.LOG_2PI * mean.shape[-1]),
+    Hint("divide the squared error by 2 sigma^2, not 2 sigma.",
+         lambda mean, log_std, actions: (-((actions - mean) ** 2) / (2 * log_std.exp()) - log_std
+                                         - 0.5 * D.LOG_2PI).sum(-1)),
 ])
 
 
@@ -552,6 +629,7 @@ GAUSS_ENT = Spec("gaussian_entropy", D.gaussian_entropy, _gauss_ent_cases, [
     Hint("the entropy grows with log sigma, not sigma: H = sum_d log sigma_d + (1 + log 2 pi) / 2.",
          lambda log_std: (log_std.exp() + 0.5 * (1 + D.LOG_2PI)).sum(-1)),
     Hint("the constant is (1 + log 2 pi) / 2 per dimension.", lambda log_std: (log_std + 0.5 * D.LOG_2PI).sum(-1)),
+    Hint("the half is missing: H = sum_d (1/2) log(2 pi e sigma_d^2).", lambda log_std: 2 * D.gaussian_entropy(log_std)),
 ])
 
 
@@ -567,6 +645,8 @@ KL1 = Spec("kl_k1", kl_k1, _kl_cases, [
     Hint("sign: k1 = -log r = log pi_old(a) - log pi_new(a) for a sampled from pi_old.",
          lambda logp_new, logp_old: (logp_new - logp_old).mean()),
     Hint("average over the samples (mean), do not sum.", lambda logp_new, logp_old: (logp_old - logp_new).sum()),
+    Hint("k1 = log pi_old(a) - log pi_new(a): subtract the log-probabilities, do not divide them.",
+         lambda logp_new, logp_old: (-torch.log(logp_new / logp_old)).mean()),
 ])
 KL3 = Spec("kl_k3", kl_k3, _kl_cases, [
     Hint("k3 = (r - 1) - log r with r = pi_new / pi_old; you used the inverse ratio.",
@@ -575,6 +655,8 @@ KL3 = Spec("kl_k3", kl_k3, _kl_cases, [
          lambda logp_new, logp_old: (torch.exp(logp_new - logp_old) - (logp_new - logp_old)).mean()),
     Hint("average over the samples (mean), do not sum.",
          lambda logp_new, logp_old: (torch.expm1(logp_new - logp_old) - (logp_new - logp_old)).sum()),
+    Hint("k3 = (r - 1) - log r: subtract the log-ratio, do not add it.",
+         lambda logp_new, logp_old: (torch.expm1(logp_new - logp_old) + (logp_new - logp_old)).mean()),
 ])
 
 
@@ -596,6 +678,13 @@ MOMENTS = Spec("merge_moments", merge_moments, _moments_cases, [
     Hint("weights swapped: the new mean moves towards the batch mean by n_b / (n + n_b).",
          lambda mean, var, count, batch_mean, batch_var, batch_count: merge_moments(
              mean, var, batch_count, batch_mean, batch_var, count)),
+    Hint("weights swapped: the new mean moves towards the batch mean by n_b / (n + n_b).",
+         lambda mean, var, count, batch_mean, batch_var, batch_count: (
+             mean + (batch_mean - mean) * count / (count + batch_count),
+             *merge_moments(mean, var, count, batch_mean, batch_var, batch_count)[1:])),
+    Hint("population variance: divide M2 by n + n_b, not n + n_b - 1.",
+         lambda mean, var, count, batch_mean, batch_var, batch_count: (lambda m, v, n: (m, v * n / (n - 1), n))(
+             *merge_moments(mean, var, count, batch_mean, batch_var, batch_count))),
     Hint("the count must grow by the batch size: return n + n_b.",
          lambda mean, var, count, batch_mean, batch_var, batch_count: merge_moments(
              mean, var, count, batch_mean, batch_var, batch_count)[:2] + (count,)),

@@ -339,6 +339,11 @@ def value_loss_clips_around_returns(values, returns, old_values=None, clip_eps=N
     return _vl(values, returns, old_values, clip_eps, centre="returns")
 
 
+def value_loss_ignores_clipping(values, returns, old_values=None, clip_eps=None):
+    """The optional clipping is never implemented."""
+    return 0.5 * ((values - returns) ** 2).mean()
+
+
 def value_loss_always_clips(values, returns, old_values=None, clip_eps=None):
     v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     return 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2).mean()
@@ -558,33 +563,34 @@ DIAGNOSED = [
     (check_merge_moments, merge_count_not_updated, "count must grow"),
 ]
 
-# Realistic mistakes that the check rejects but whose hint is missing or names another mistake.
-# The first test asserts they are rejected; the xfail one records the hint that should be given.
-UNDIAGNOSED = [
-    (check_discounted_returns, returns_discounts_current_reward, None),
-    (check_compute_gae, gae_bootstrap_from_values_t_plus_1, None),
-    (check_compute_gae, gae_no_gamma_in_delta, None),
+# Mistakes added to the catalogue after the first review (each used to get a generic or wrong hint).
+DIAGNOSED += [
+    (check_discounted_returns, returns_discounts_current_reward, "reward of step t itself is not discounted"),
+    (check_compute_gae, gae_bootstrap_from_values_t_plus_1, "values[t + 1]"),
+    (check_compute_gae, gae_no_gamma_in_delta, "gamma is missing from the TD residual"),
     (check_normalize_advantages, normalize_per_row, "wrong axis"),
     (check_clipped_surrogate_loss, surrogate_clipped_term_only, "without the min"),
-    (check_clipped_surrogate_loss, surrogate_no_clipping, None),
+    (check_clipped_surrogate_loss, surrogate_no_clipping, "no clipping"),
     (check_clipped_surrogate_loss, surrogate_ratio_as_quotient, "not a quotient of log-probabilities"),
-    (check_clipped_surrogate_loss, surrogate_ratio_without_exp, None),
-    (check_clipped_surrogate_loss, surrogate_sum, None),
+    (check_clipped_surrogate_loss, surrogate_ratio_without_exp, "log-ratio itself"),
+    (check_clipped_surrogate_loss, surrogate_sum, "do not sum"),
     (check_value_loss, value_loss_half_abs, "squared error, not absolute error"),
     (check_value_loss, value_loss_l1, "squared error, not absolute error"),
-    (check_value_loss, value_loss_clips_around_returns, None),
-    (check_categorical_entropy, cat_entropy_sum_axis0, None),
-    (check_categorical_entropy, cat_entropy_mean_over_actions, None),
-    (check_categorical_log_prob, cat_logp_column_index, None),
-    (check_categorical_log_prob, cat_logp_softmax_over_batch, None),
-    (check_gaussian_log_prob, gauss_logp_no_constant, None),
-    (check_gaussian_log_prob, gauss_logp_sigma_not_squared, None),
-    (check_gaussian_entropy, gauss_entropy_forgot_half, None),
-    (check_kl_k1, k1_log_quotient, None),
-    (check_kl_k3, k3_plus_log, None),
+    (check_value_loss, value_loss_clips_around_returns, "around the old value"),
+    (check_value_loss, value_loss_ignores_clipping, "the loss must clip"),
+    (check_categorical_entropy, cat_entropy_sum_axis0, "summed over the batch"),
+    (check_categorical_entropy, cat_entropy_mean_over_actions, "do not average"),
+    (check_categorical_log_prob, cat_logp_column_index, "(B, B)"),
+    (check_categorical_log_prob, cat_logp_softmax_over_batch, "not over the batch"),
+    (check_gaussian_log_prob, gauss_logp_no_constant, "-log(2 pi) / 2"),
+    (check_gaussian_log_prob, gauss_logp_sigma_not_squared, "2 sigma^2"),
+    (check_gaussian_entropy, gauss_entropy_forgot_half, "the half is missing"),
+    (check_kl_k1, k1_log_quotient, "do not divide"),
+    (check_kl_k3, k3_plus_log, "do not add"),
     (check_merge_moments, merge_mean_weight_swapped, "weights swapped"),
-    (check_merge_moments, merge_sample_variance, None),
+    (check_merge_moments, merge_sample_variance, "population variance"),
 ]
+UNDIAGNOSED: list = []  # realistic mistakes rejected without a specific hint: none known
 
 
 def _id(entry):
@@ -612,12 +618,20 @@ def test_correct_student_passes(name):
 def test_every_public_check_is_covered():
     public = {n for n in checks.__all__ if n.startswith("check_")}
     assert public == set(CORRECT)
-    assert public <= {c.__name__ for c, _, _ in DIAGNOSED + UNDIAGNOSED} | {"check_gae", "check_running_mean_std"}
+    tested = {c for c, _, _ in DIAGNOSED + UNDIAGNOSED}
+    assert all(CORRECT[name][0] in tested for name in public)  # check_gae etc. are the same objects
 
 
-@pytest.mark.parametrize("check", [c for c, _ in CORRECT.values()], ids=sorted(CORRECT, key=list(CORRECT).index))
-def test_each_check_has_at_least_three_buggy_students(check):
-    assert sum(c is check for c, _, _ in DIAGNOSED + UNDIAGNOSED) >= 3 or check in (check_gae, check_running_mean_std)
+@pytest.mark.parametrize("name", list(CORRECT))
+def test_at_least_three_realistic_bugs_per_check(name):
+    check = CORRECT[name][0]
+    assert sum(c is check for c, _, _ in DIAGNOSED + UNDIAGNOSED) >= 3
+
+
+@pytest.mark.parametrize("name", list(CORRECT))
+def test_at_least_three_bugs_per_check_get_their_hint(name):
+    check = CORRECT[name][0]
+    assert sum(c is check for c, _, _ in DIAGNOSED) >= 3
 
 
 def test_aliases():
@@ -644,15 +658,7 @@ def test_buggy_student_gets_the_matching_hint(entry):
     result = check(fn)
     assert result.passed is False
     assert hint in _hint(result), result.message
-    assert "Expected:" in result.message and "Received:" in result.message
-
-
-@pytest.mark.parametrize("entry", [
-    pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="library: hint missing or names another mistake"))
-    for e in UNDIAGNOSED if e[2] is not None], ids=_id)
-def test_known_misdiagnosis(entry):
-    check, fn, hint = entry
-    assert hint in _hint(check(fn))
+    assert "Expected" in result.message and "Received" in result.message
 
 
 # =============================================================================== failure messages
@@ -701,13 +707,11 @@ def test_student_that_raises_on_an_index():
     assert "raised IndexError" in result.message and "G[t + 1]" in result.message
 
 
-def test_parameters_must_keep_the_reference_names():
-    def renamed(r, d, gamma):  # the checks call the student function with keyword arguments
-        return returns_ok(r, d, gamma)
+def test_parameters_may_be_renamed():
+    def renamed(r, d, g):  # the checks pass arguments by position, in the reference's order
+        return returns_ok(r, d, g)
 
-    result = check_discounted_returns(renamed)
-    assert result.passed is False
-    assert "raised TypeError" in result.message and "unexpected keyword argument 'rewards'" in result.message
+    assert check_discounted_returns(renamed).passed
 
 
 def test_value_loss_that_ignores_the_optional_arguments_raises():
@@ -726,8 +730,8 @@ def test_wrong_shape():
 
 
 def test_wrong_number_of_outputs():
-    def only_advantages(**kw):
-        return gae_ok(**kw)[0]
+    def only_advantages(*args):
+        return gae_ok(*args)[0]
 
     result = check_compute_gae(only_advantages)
     assert result.passed is False and "returned 1 value(s); expected 2" in result.message
@@ -800,6 +804,25 @@ def test_detached_value_loss_is_not_differentiable():
     assert result.passed is False and "not differentiable" in result.message
 
 
+def test_item_loss_is_reported_as_not_differentiable():
+    def item_loss(logp_new, logp_old, advantages, clip_eps):
+        return surrogate_ok(logp_new, logp_old, advantages, clip_eps).item()
+
+    result = check_clipped_surrogate_loss(item_loss)
+    assert result.passed is False  # rejected either way
+    assert "not differentiable" in result.message
+
+
+def test_float32_tolerance_is_1e_4():
+    def gae_rounded_differently(rewards, values, *rest):
+        adv, ret = gae_ok(rewards, values, *rest)
+        if adv.dtype == torch.float32:  # a float32 answer 3e-5 away (relative): within the intended 1e-4
+            adv, ret = adv * (1 + 3e-5), ret * (1 + 3e-5)
+        return adv, ret
+
+    assert check_compute_gae(gae_rounded_differently).passed
+
+
 def test_python_list():
     def as_list(rewards, dones, gamma):
         return returns_ok(rewards, dones, gamma).tolist()
@@ -807,8 +830,8 @@ def test_python_list():
     result = check_discounted_returns(as_list)
     assert result.passed is False and "expected a torch tensor" in result.message
 
-    def moments_as_list(**kw):
-        return list(merge_ok(**kw))
+    def moments_as_list(*args):
+        return list(merge_ok(*args))
 
     result = check_merge_moments(moments_as_list)
     assert result.passed is False and "returned a list; expected a torch tensor" in result.message
@@ -822,8 +845,7 @@ def test_function_that_returns_nothing():
     assert result.passed is False and "returned a NoneType" in result.message
 
 
-@pytest.mark.parametrize("not_a_function", [None, 3, "gae_ok", gae_ok(
-    torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([[False]]), torch.tensor([[False]]), 0.9, 0.9)])
+@pytest.mark.parametrize("not_a_function", [None, 3, "gae_ok", torch.zeros(1, 1)], ids=["None", "int", "str", "tensor"])
 def test_not_callable(not_a_function):
     result = check_compute_gae(not_a_function)
     assert result.passed is False
@@ -861,5 +883,5 @@ def test_html_is_escaped():
 
     result = check_kl_k1(shouty)
     html = result._repr_html_()
-    assert "<script>" not in html and "<b>" not in html.split("</b>", 1)[1]
-    assert "&lt;script&gt;" in html and "&amp;" in html
+    assert "<script>" not in html and "<b>" not in html.split("</b>", 1)[1]  # only the title is bold
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in html
