@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'raise NotImplementedError', hidden tests removed, outputs cleared.")
     a.add_argument("notebook", help="a chapter with graded exercises, e.g. book/05_ppo.ipynb")
     a.add_argument("--out", required=True, help="folder for the student version")
+    a.add_argument("--exercises-only", action="store_true",
+                   help="keep only the graded exercises: a short homework sheet (grade it with the same flag)")
     g = sub.add_parser("grade", help="grade a folder of submissions",
                        description="Execute each submitted notebook (or .py module) in a fresh kernel with the "
                                    "hidden tests restored; write one CSV row per student and exercise and a "
@@ -86,13 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--feedback", default=None, help="folder for per-student feedback (default: beside the CSV)")
     g.add_argument("--timeout", type=float, default=300, help="seconds allowed per cell (default 300)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--exercises-only", action="store_true",
+                   help="grade only the exercises (for sheets written with 'assign --exercises-only')")
     return p
 
 
 def assign_cmd(args) -> int:
     from .coursework import assign
 
-    out = assign(args.notebook, args.out)
+    out = assign(args.notebook, args.out, only_exercises=args.exercises_only)
     print(f"student version written to {out}")
     return 0
 
@@ -101,7 +105,7 @@ def grade_cmd(args) -> int:
     from .coursework import grade
 
     rows = grade(args.submissions, args.assignment, args.out, timeout=args.timeout,
-                 feedback_dir=args.feedback, progress=not args.no_progress)
+                 feedback_dir=args.feedback, progress=not args.no_progress, only_exercises=args.exercises_only)
     students = dict.fromkeys(r.student for r in rows)
     for s in students:
         mine = [r for r in rows if r.student == s]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["assign", "grade", "Exercise", "GradeRow", "exercises"]
+__all__ = ["assign", "grade", "grade_one", "student_version", "exercises_only", "Exercise", "GradeRow", "exercises"]
 
 SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n.*?^[ \t]*### END SOLUTION[^\n]*(\n|$)", re.S | re.M)
 HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n.*?^[ \t]*### END HIDDEN TESTS[^\n]*(\n|$)", re.S | re.M)
@@ -69,6 +69,20 @@ def _read(path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
+def exercises_only(nb) -> nbformat.NotebookNode:
+    """Just the graded exercises (their markdown statement, solution and test cells): a short
+    homework sheet that runs in seconds, instead of the whole chapter. The notebook is copied."""
+    nb = copy.deepcopy(nb)
+    keep = []
+    for i, cell in enumerate(nb.cells):
+        statement = (cell.cell_type == "markdown" and i + 1 < len(nb.cells)
+                     and _meta(nb.cells[i + 1]).get("solution"))
+        if _meta(cell) or statement:
+            keep.append(cell)
+    nb.cells = keep
+    return nb
+
+
 def student_version(nb) -> nbformat.NotebookNode:
     """Solutions stubbed, hidden tests removed, outputs cleared (the notebook is copied)."""
     nb = copy.deepcopy(nb)
@@ -84,9 +98,12 @@ def student_version(nb) -> nbformat.NotebookNode:
     return nb
 
 
-def assign(notebook, out_dir) -> Path:
-    """Write the student version of ``notebook`` into ``out_dir``; returns its path."""
+def assign(notebook, out_dir, only_exercises: bool = False) -> Path:
+    """Write the student version of ``notebook`` into ``out_dir``; returns its path.
+
+    ``only_exercises=True`` keeps just the graded exercises (grade it with the same flag)."""
     nb = _read(notebook)
+    nb = exercises_only(nb) if only_exercises else nb
     if not exercises(nb):
         raise ValueError(f"{notebook}: no graded exercises (cells with nbgrader metadata grade=true)")
     out = Path(out_dir) / Path(notebook).name
@@ -183,9 +200,10 @@ def grade_one(source, submission: Path, timeout: float = 120, kernel: str = "pyt
 
 
 def grade(submissions_dir, assignment, out_csv, timeout: float = 120, feedback_dir=None,
-          kernel: str = "python3", progress: bool = True) -> list[GradeRow]:
+          kernel: str = "python3", progress: bool = True, only_exercises: bool = False) -> list[GradeRow]:
     """Grade every ``.ipynb`` / ``.py`` in ``submissions_dir``; write ``out_csv`` and feedback files."""
     source = _read(assignment)
+    source = exercises_only(source) if only_exercises else source
     if not exercises(source):
         raise ValueError(f"{assignment}: no graded exercises (cells with nbgrader metadata grade=true)")
     subs = sorted(p for p in Path(submissions_dir).iterdir() if p.suffix in (".ipynb", ".py") and p.is_file())
