@@ -7,6 +7,17 @@ import inspect
 __all__ = ["show"]
 
 
+def _short(file: str) -> str:
+    """``ppo_edu/gae.py`` rather than an absolute path that differs on every machine."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return Path(file).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(file).name
+
+
 def show(obj, *, lines: tuple[int, int] | None = None):
     """Display the source of a function, class or method, with its file and line numbers.
 
@@ -24,7 +35,7 @@ def show(obj, *, lines: tuple[int, int] | None = None):
         source = "\n".join(source.splitlines()[a - 1:b]) + "\n"
         start += a - 1
     module = getattr(obj, "__module__", "?")
-    header = f"# {module}.{getattr(obj, '__qualname__', '')}  ({file.split('site-packages/')[-1]}, line {start})\n"
+    header = f"# {module}.{getattr(obj, '__qualname__', '')}  ({_short(file)}, line {start})\n"
     try:
         from IPython import get_ipython
         from IPython.display import Code, display
