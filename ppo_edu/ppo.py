@@ -227,7 +227,7 @@ class PPO:
             self.history.append(row)
             bar.update(cfg.batch_size * world)
             if progress_bar:
-                bar.set_postfix(ret=f"{row['episodic_return']:.1f}", kl=f"{row['approx_kl']:.3f}")
+                bar.set_postfix(ret=f"{row['episodic_return']:.1f}", kl=f"{row['approx_kl']:.3f}", refresh=False)
             if callback is not None and callback(self, row) is False:
                 break
         bar.close()
@@ -443,6 +443,11 @@ def set_threads(n: int) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    """A tqdm bar (a notebook widget when ipywidgets is installed, text otherwise)."""
+    import warnings
 
-    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    with warnings.catch_warnings():  # tqdm.auto warns (with a file path) when ipywidgets is missing
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
