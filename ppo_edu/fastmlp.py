@@ -80,8 +80,8 @@ class _Dense:
 
     def __init__(self, seq: nn.Module, flat: FlatParams):
         linears = [m for m in seq.modules() if isinstance(m, nn.Linear)]
-        self.layers = [(*flat.of(m.weight), *flat.of(m.bias)) for m in linears]
-        self.layers = [(w, b, dw, db) for (w, dw, b, db) in self.layers]
+        self.layers = [(flat.of(m.weight)[0], flat.of(m.bias)[0], flat.of(m.weight)[1], flat.of(m.bias)[1])
+                       for m in linears]  # (W, b, dW, db)
         self.ends_with_activation = isinstance(list(seq.children())[-1], nn.Tanh) if len(
             list(seq.children())) else False
 

@@ -243,15 +243,15 @@ class PPO:
         sums: dict[str, float] = {}
         count, stopped = 0, False
         full_batch = cfg.n_minibatches == 1  # order is irrelevant: skip shuffling and copying
+        self._adv_stats = None  # (mean, std) of this rollout's full batch, once computed
         for epoch in range(cfg.n_epochs):
             batches = [slice(None)] if full_batch else np.array_split(self.rng.permutation(n), cfg.n_minibatches)
             for mb in batches:
                 adv = b_adv[mb]
                 if len(adv) == 0:
                     continue
-                if cfg.norm_adv:  # global statistics when data-parallel (equal to one big batch)
-                    mean, std = distributed.global_mean_std(adv) if self.dist.enabled else (adv.mean(), adv.std())
-                    adv = (adv - mean) / (std + 1e-8)
+                if cfg.norm_adv:
+                    adv = self._whiten(adv, cache=full_batch)
                 args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32, copy=False), b_ret[mb], b_val[mb])
                 info = self._step(*args, lr=lr, clip_eps=clip_eps)
                 for k, v in info.items():
@@ -265,6 +265,16 @@ class PPO:
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out.update(n_minibatch_steps=count, early_stop=stopped)
         return out
+
+    def _whiten(self, adv: np.ndarray, cache: bool) -> np.ndarray:
+        """Advantage normalisation with global statistics when data-parallel (equal to one big
+        batch). A full batch is the same every epoch, so its statistics are computed once."""
+        if cache and self._adv_stats is not None:
+            mean, std = self._adv_stats
+        else:
+            mean, std = distributed.global_mean_std(adv) if self.dist.enabled else (adv.mean(), adv.std())
+            self._adv_stats = (mean, std) if cache else None
+        return (adv - mean) / (std + 1e-8)
 
     def _mean_over_ranks(self, value: float) -> float:
         """Every rank must take the same early-stop decision, or the next all_reduce hangs."""
