@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "safe_load", "CheckpointError", "FORMAT"]
+__all__ = ["atomic_save", "atomic_write_text", "safe_load", "CheckpointError", "FORMAT"]
 
 FORMAT = "ppo_edu.checkpoint/1"
 
@@ -22,14 +22,14 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, tampered with, or not a ppo_edu checkpoint."""
 
 
-def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to exactly ``path``, atomically."""
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +38,16 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to exactly ``path``, atomically."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to exactly ``path``, atomically."""
+    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def safe_load(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:

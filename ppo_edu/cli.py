@@ -90,7 +90,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--exercises-only", action="store_true",
                    help="grade only the exercises (for sheets written with 'assign --exercises-only')")
+    r = sub.add_parser("rlhf", help="RLHF of a tiny GPT-2 with PPO and GRPO, offline",
+                       description="Build (or load from the cache) a tokenizer, a pretrained tiny GPT-2 and a reward "
+                                   "model learned from simulated preferences, then run PPO-RLHF and GRPO, and write "
+                                   "summary.json, ppo.csv, grpo.csv, samples.md and rlhf.png.")
+    r.add_argument("--preset", default="cpu-tiny", help="micro | cpu-tiny | gpu-small (default cpu-tiny)")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--out", default=None, help="run folder (default runs/rlhf/PRESET-seedSEED)")
+    r.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda (default auto)")
+    r.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations (default: the preset's)")
+    r.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: the preset's)")
+    r.add_argument("--cache", default=None, help="asset cache folder (default $PPO_EDU_CACHE/rlhf or "
+                                                 "~/.cache/ppo_edu/rlhf)")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
+
+
+def rlhf_cmd(args) -> int:
+    from .rlhf.pipeline import run_pipeline
+
+    out = Path(args.out or f"runs/rlhf/{args.preset}-seed{args.seed}")
+    s = run_pipeline(args.preset, out, seed=args.seed, progress_bar=not args.no_progress, device=args.device,
+                     ppo_iterations=args.ppo_iterations, grpo_steps=args.grpo_steps, cache_dir=args.cache)
+    print(f"reward model held-out pair accuracy: {s['rm_heldout_accuracy']:.3f}")
+    print(f"{'':8s} {'gold':>7s} {'RM':>7s} {'KL':>6s} {'s/iter':>7s} {'memory MiB':>10s}")
+    print(f"{'before':8s} {s['before']['gold']:7.3f} {s['before']['rm']:7.3f}")
+    for k in ("ppo", "grpo"):
+        r = s[k]
+        print(f"{k.upper():8s} {r['gold']:7.3f} {r['rm']:7.3f} {r['kl']:6.2f} {r['sec_per_iter_median']:7.3f} "
+              f"{r['memory_mb']['total']:10.1f}")
+    print(f"run folder: {out} ({s['wall_seconds']:.0f} s)")
+    return 0
 
 
 def assign_cmd(args) -> int:
@@ -199,7 +229,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(argv, args.nproc)
-    commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd}
+    commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd, "rlhf": rlhf_cmd}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:

@@ -22,6 +22,7 @@ from .gae import compute_gae
 from .losses import clipped_surrogate_loss, entropy_bonus, normalize_advantages, value_loss
 from .networks import ActorCritic
 from .normalization import RewardScaler, RunningMeanStd
+from .progress import progress as _progress
 from .rollout import RolloutBuffer, RolloutCollector, make_vec_env
 
 __all__ = ["PPOConfig", "PPO", "PRESETS", "preset", "set_threads"]
@@ -450,14 +451,3 @@ def set_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)
-
-
-def _progress(total: int, enabled: bool):
-    """A tqdm bar (a notebook widget when ipywidgets is installed, text otherwise)."""
-    import warnings
-
-    with warnings.catch_warnings():  # tqdm.auto warns (with a file path) when ipywidgets is missing
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, smoothing=0.1, mininterval=0.5)

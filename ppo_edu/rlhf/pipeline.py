@@ -1,0 +1,302 @@
+"""The whole RLHF pipeline, offline: corpus -> tokenizer -> pretrained tiny GPT-2 -> preference
+pairs -> reward model -> PPO-RLHF and GRPO -> summary (``ppo-edu rlhf --preset cpu-tiny``).
+
+Pretrained assets are built once per (size, seed), deterministically, and cached under
+``$PPO_EDU_CACHE`` (default ``~/.cache/ppo_edu``) as ordinary ``save_pretrained`` folders::
+
+    <cache>/rlhf/<size>-seed<seed>-<hash>/       tokenizer/ policy/ prompts.json lm.json  (stage "lm", Ch. 8)
+    <cache>/rlhf/<size>-seed<seed>-<hash>-rm/    reward_model/ rm.json                   (stage "rm", Ch. 9)
+
+where ``<hash>`` digests the size's settings and ``ASSET_VERSION``, so changing either builds afresh.
+
+so a later chapter (or a user with real weights: ``from_pretrained("gpt2")``) loads them with the
+usual ``from_pretrained`` calls. Each stage is written to a temporary folder and renamed into place.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import generate_reviews, load_tokenizer, review_prompts, train_tokenizer
+from .grpo import GRPO, GRPOConfig
+from .memory import measure_trainer
+from .models import SIZES, count_parameters, new_lm, pretrain
+from .policy import encode_prompts, response_logprobs, sample
+from .ppo import PPORLHF, RLHFConfig
+from .reward import (gold_scores, label_pairs, new_reward_model, normalize_reward_model, pair_accuracy,
+                     reward_scores, train_reward_model)
+
+__all__ = ["ASSET_VERSION", "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
+           "RewardModelScorer", "evaluate_policy", "run_pipeline"]
+
+ASSET_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PipelinePreset:
+    size: str                         #: key of models.SIZES
+    ppo: RLHFConfig = field(default_factory=RLHFConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo_iterations: int = 100
+    grpo_steps: int = 100
+    eval_samples: int = 256
+
+
+PRESETS = {
+    "micro": PipelinePreset("micro", RLHFConfig(batch_size=16, max_new_tokens=12, epochs=2, minibatches=2, lr=1e-3),
+                            GRPOConfig(prompts_per_step=4, group_size=4, max_new_tokens=12, lr=1e-3),
+                            ppo_iterations=5, grpo_steps=5, eval_samples=32),
+    "cpu-tiny": PipelinePreset("cpu-tiny"),
+    "gpu-small": PipelinePreset("gpu-small", RLHFConfig(lr=1e-5, batch_size=64), GRPOConfig(lr=1e-5),
+                                ppo_iterations=100, grpo_steps=100),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PPO_EDU_CACHE", Path.home() / ".cache" / "ppo_edu"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Assets:
+    tok: object
+    policy: object                    # the pretrained GPT2LMHeadModel (the reference for RLHF)
+    prompts: list[str]
+    info: dict                        # lm.json (+ rm.json) contents
+    reward_model: object = None
+    path: Path | None = None
+
+
+def _atomic_dir(final: Path, build) -> None:
+    """Run ``build(tmp_dir)`` and rename the folder into ``final``; a crash leaves no half-written stage."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
+    try:
+        build(tmp)
+        if final.exists():                                            # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_lm(out: Path, size_name: str, seed: int, progress_bar: bool, device) -> None:
+    size, t0 = SIZES[size_name], time.perf_counter()
+    texts = generate_reviews(size.corpus_size, seed)
+    tok = train_tokenizer(texts, size.vocab_size)
+    lm = new_lm(size, tok, seed).to(device)
+    losses = pretrain(lm, tok, texts, size, seed, progress_bar, device)
+    tok.save_pretrained(out / "tokenizer")
+    lm.save_pretrained(out / "policy")
+    (out / "prompts.json").write_text(json.dumps(review_prompts(), indent=1))
+    info = {"size": size_name, "seed": seed, "size_config": size.to_dict(), "parameters": count_parameters(lm),
+            "vocab": len(tok), "pretrain_loss_first": losses[0], "pretrain_loss_last": sum(losses[-20:]) / 20,
+            "pretrain_losses": losses[::max(1, len(losses) // 200)], "seconds": time.perf_counter() - t0}
+    (out / "lm.json").write_text(json.dumps(info, indent=1))
+
+
+def _samples(policy, tok, prompts, n, max_new_tokens, seed, device, batch=256, prompt_seed=None):
+    """n samples of ``policy``, in batches, on prompts drawn with ``prompt_seed`` (default ``seed``)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pick = torch.randint(len(prompts), (n,), generator=torch.Generator().manual_seed(
+        seed if prompt_seed is None else prompt_seed)).tolist()
+    out = []
+    for k in range(0, n, batch):
+        q, m = encode_prompts(tok, [prompts[i] for i in pick[k:k + batch]], policy.config.n_positions,
+                              max_new_tokens, device)
+        out.append(sample(policy, q, m, max_new_tokens, tok.eos_token_id, tok.pad_token_id, 1.0, gen))
+    return out
+
+
+def decode(tok, s) -> list[str]:
+    """Prompt + response text of each sample, without pads or the end token."""
+    return tok.batch_decode([row[mask.bool()] for row, mask in zip(s.input_ids, s.attention_mask)],
+                            skip_special_tokens=True)
+
+
+def _pad_cat(tensors, value):
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def _build_rm(out: Path, a: Assets, seed: int, progress_bar: bool, device, max_new_tokens: int = 24,
+              margin: float = 0.2) -> None:
+    size, t0 = SIZES[a.info["size"]], time.perf_counter()
+    pad = a.tok.pad_token_id
+    # two samples per prompt: the same prompt draws, different sampling noise
+    halves = [_samples(a.policy, a.tok, a.prompts, size.rm_pairs, max_new_tokens, seed + k, device,
+                       prompt_seed=seed + 10) for k in (11, 12)]
+    pairs_parts = []
+    for sa, sb in zip(*halves):
+        pairs_parts.append(label_pairs(sa, sb, gold_scores(decode(a.tok, sa)), gold_scores(decode(a.tok, sb)), margin))
+    pairs = type(pairs_parts[0])(
+        _pad_cat([p.chosen for p in pairs_parts], pad), _pad_cat([p.chosen_mask for p in pairs_parts], 0),
+        _pad_cat([p.rejected for p in pairs_parts], pad), _pad_cat([p.rejected_mask for p in pairs_parts], 0),
+        torch.cat([p.gold_chosen for p in pairs_parts]), torch.cat([p.gold_rejected for p in pairs_parts]))
+    n_train = int(0.8 * len(pairs))
+    train, held = pairs.split(n_train)
+    rm = new_reward_model(a.policy).to(device)
+    torch.manual_seed(seed)
+    losses = train_reward_model(rm, train, size.rm_epochs, size.rm_lr, seed=seed, progress_bar=progress_bar)
+    ref = _samples(a.policy, a.tok, a.prompts, 512, max_new_tokens, seed + 13, device)
+    mean, std = normalize_reward_model(rm, _pad_cat([s.input_ids for s in ref], pad),
+                                       _pad_cat([s.attention_mask for s in ref], 0))
+    rm.save_pretrained(out / "reward_model")
+    info = {"pairs_labelled": size.rm_pairs, "pairs_kept": len(pairs), "margin": margin,
+            "train_pairs": len(train), "heldout_pairs": len(held), "train_accuracy": pair_accuracy(rm, train),
+            "heldout_accuracy": pair_accuracy(rm, held), "loss_first": losses[0],
+            "loss_last": sum(losses[-20:]) / min(20, len(losses)), "losses": losses[::max(1, len(losses) // 200)],
+            "score_mean_raw": mean, "score_std_raw": std, "seconds": time.perf_counter() - t0}
+    (out / "rm.json").write_text(json.dumps(info, indent=1))
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-file loading bars and config notices (ours report progress instead)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_assets(size: str = "cpu-tiny", seed: int = 0, stage: str = "rm", progress_bar: bool = True,
+                device="auto", cache_dir: str | Path | None = None) -> Assets:
+    """The pretrained tokenizer and policy (``stage="lm"``), plus the reward model (``stage="rm"``),
+    built on first use and loaded from the cache afterwards."""
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    quiet_transformers()
+
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is unknown: choose one of {sorted(SIZES)}")
+    if stage not in ("lm", "rm"):
+        raise ValueError(f"stage={stage!r} is invalid: must be 'lm' or 'rm'")
+    device = resolve_device(device)
+    root = Path(cache_dir) if cache_dir else cache_root() / "rlhf"
+    digest = hashlib.sha1(json.dumps([ASSET_VERSION, SIZES[size].to_dict()], sort_keys=True).encode()).hexdigest()[:10]
+    lm_dir = root / f"{size}-seed{seed}-{digest}"
+    rm_dir = lm_dir.with_name(lm_dir.name + "-rm")
+    if not (lm_dir / "lm.json").exists():
+        _atomic_dir(lm_dir, lambda d: _build_lm(d, size, seed, progress_bar, device))
+    tok = load_tokenizer(lm_dir / "tokenizer")
+    policy = GPT2LMHeadModel.from_pretrained(lm_dir / "policy").to(device).eval()
+    a = Assets(tok, policy, json.loads((lm_dir / "prompts.json").read_text()),
+               json.loads((lm_dir / "lm.json").read_text()), path=lm_dir)
+    if stage == "rm":
+        if not (rm_dir / "rm.json").exists():
+            _atomic_dir(rm_dir, lambda d: _build_rm(d, a, seed, progress_bar, device))
+        a.reward_model = GPT2ForSequenceClassification.from_pretrained(rm_dir / "reward_model").to(device).eval()
+        a.info = {**a.info, "rm": json.loads((rm_dir / "rm.json").read_text())}
+    return a
+
+
+class RewardModelScorer:
+    """``reward_fn`` for the trainers: the normalised reward model's score of each whole sample."""
+
+    def __init__(self, rm):
+        self.rm = rm
+
+    @torch.no_grad()
+    def __call__(self, s) -> torch.Tensor:
+        return reward_scores(self.rm, s.input_ids, s.attention_mask)
+
+
+@torch.no_grad()
+def evaluate_policy(policy, a: Assets, n: int = 256, seed: int = 1234, max_new_tokens: int = 24, ref=None) -> dict:
+    """Gold (VADER) and reward-model means of n fresh samples, and their KL to ``ref`` if given."""
+    device = next(policy.parameters()).device
+    parts = _samples(policy, a.tok, a.prompts, n, max_new_tokens, seed, device)
+    texts = [t for s in parts for t in decode(a.tok, s)]
+    rm = torch.cat([reward_scores(a.reward_model, s.input_ids, s.attention_mask) for s in parts]) \
+        if a.reward_model is not None else None
+    out = {"gold": gold_scores(texts).mean().item(), "rm": None if rm is None else rm.mean().item(),
+           "ended": torch.cat([s.ended for s in parts]).float().mean().item(), "texts": texts[:12]}
+    if ref is not None:
+        kl = [((response_logprobs(policy, s)["logp"] - response_logprobs(ref, s)["logp"]) * s.response_mask).sum(1)
+              for s in parts]
+        out["kl"] = torch.cat(kl).mean().item()
+    return out
+
+
+def _gold_callback(tok, trainer, history_gold: list):
+    def cb(stats):
+        stats["gold"] = gold_scores(decode(tok, trainer.last_samples)).mean().item()
+        history_gold.append(stats)
+    return cb
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: int = 0, progress_bar: bool = True,
+                 device="auto", ppo_iterations: int | None = None, grpo_steps: int | None = None,
+                 cache_dir: str | Path | None = None) -> dict:
+    """Everything end to end; writes ``summary.json``, ``ppo.csv``, ``grpo.csv``, ``samples.md`` and
+    ``rlhf.png`` to ``out`` (when given) and returns the summary."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is unknown: choose one of {sorted(PRESETS)}")
+    p, device = PRESETS[preset], resolve_device(device)
+    t_start = time.perf_counter()
+    a = load_assets(p.size, seed, "rm", progress_bar, device, cache_dir)
+    scorer = RewardModelScorer(a.reward_model)
+    before = evaluate_policy(a.policy, a, p.eval_samples, max_new_tokens=p.ppo.max_new_tokens)
+    runs, summary = {}, {"preset": preset, "seed": seed, "device": str(device), "parameters": a.info["parameters"],
+                         "rm_heldout_accuracy": a.info["rm"]["heldout_accuracy"],
+                         "before": {k: before[k] for k in ("gold", "rm", "ended")}}
+    for name, cls, cfg, n in (("ppo", PPORLHF, p.ppo, ppo_iterations or p.ppo_iterations),
+                              ("grpo", GRPO, p.grpo, grpo_steps or p.grpo_steps)):
+        torch.manual_seed(seed)
+        policy = copy.deepcopy(a.policy)
+        trainer = cls(policy, a.tok, a.prompts, scorer, cfg, ref=a.policy, seed=seed)
+        hist = []
+        trainer.train(n, callback=_gold_callback(a.tok, trainer, hist), progress_bar=progress_bar)
+        after = evaluate_policy(policy, a, p.eval_samples, max_new_tokens=cfg.max_new_tokens, ref=a.policy)
+        mem = measure_trainer(trainer, a.reward_model)
+        times = sorted(h["time_iter"] for h in hist)
+        runs[name] = (hist, after)
+        summary[name] = {"iterations": n, "gold": after["gold"], "rm": after["rm"], "kl": after["kl"],
+                         "ended": after["ended"], "sec_per_iter_median": times[len(times) // 2],
+                         "memory_mb": mem, "config": cfg.to_dict()}
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    summary["peak_memory_mb"] = max(summary[k]["memory_mb"]["cuda_peak"] or summary[k]["memory_mb"]["process_peak_rss"]
+                                    for k in ("ppo", "grpo"))
+    if out is not None:
+        _write_run(Path(out), summary, runs, before)
+    return summary
+
+
+def _write_run(out: Path, summary: dict, runs: dict, before: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    for name, (hist, _) in runs.items():
+        _write_csv(out / f"{name}.csv", hist)
+    lines = ["# Samples", "", "## Before RLHF (the reference)", ""] + [f"- {t}" for t in before["texts"]]
+    for name, (_, after) in runs.items():
+        lines += ["", f"## After {name.upper()}", ""] + [f"- {t}" for t in after["texts"]]
+    (out / "samples.md").write_text("\n".join(lines) + "\n")
+    from .plots import plot_rlhf_run
+
+    plot_rlhf_run({k: h for k, (h, _) in runs.items()}, out / "rlhf.png")

@@ -1,0 +1,165 @@
+"""A language model as a policy (Chapter 8): sampling, per-token log-probs, and a value head.
+
+The sequence MDP: the state is the prompt plus the tokens generated so far, an action is the next
+token, and the episode ends at ``<|endoftext|>`` or after ``max_new_tokens``. Shapes: ``(B, P)``
+for prompts (left padded), ``(B, R)`` for responses (right padded after the end token).
+
+Details that matter (each is tested):
+
+* **Left padding and position ids.** Prompts of different lengths are padded on the left so that
+  every row generates at the same column; position ids count only real tokens
+  (``cumsum(mask) - 1``), so a padded prompt is seen exactly as an unpadded one.
+* **Temperature in the log-probs.** Sampling at temperature tau draws from softmax(z / tau); the
+  log-probs used in the PPO ratio and the KL must be of that same distribution.
+* **Plain sampling.** No top-k, no minimum length: the KL to the reference is then an honest
+  estimate, because both log-probs describe the distribution the tokens were really drawn from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Samples", "PolicyWithValue", "Critic", "encode_prompts", "sample", "position_ids",
+           "response_logprobs", "trunk"]
+
+
+@dataclass
+class Samples:
+    """A batch of prompts and sampled responses."""
+    query: torch.Tensor          # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor     # (B, P) 1 for real prompt tokens
+    response: torch.Tensor       # (B, R) sampled ids, pad after the end token
+    response_mask: torch.Tensor  # (B, R) 1 up to and including the end token
+    ended: torch.Tensor          # (B,) True where the end token was generated
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)  # (B, P + R)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def index(self, idx) -> "Samples":
+        return Samples(self.query[idx], self.query_mask[idx], self.response[idx], self.response_mask[idx],
+                       self.ended[idx])
+
+
+def trunk(model: nn.Module) -> nn.Module:
+    """The transformer body of a causal LM (``GPT2LMHeadModel.transformer``) or of a value model."""
+    return model.transformer if hasattr(model, "transformer") else model
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: ``cumsum(mask) - 1``, clamped at 0 on pads."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tok, prompts: list[str], max_positions: int, max_new_tokens: int, device="cpu"):
+    """Left-padded prompt ids and mask, with clear errors for empty or too-long prompts."""
+    if not prompts:
+        raise ValueError("prompts is empty; give at least one prompt string")
+    if any(not isinstance(p, str) or not p.strip() for p in prompts):
+        bad = next(p for p in prompts if not isinstance(p, str) or not p.strip())
+        raise ValueError(f"every prompt must be a non-empty string; got {bad!r}")
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    longest = int(enc["attention_mask"].sum(1).max())
+    if longest + max_new_tokens > max_positions:
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+                         f"context of {max_positions} positions; shorten the prompt or lower max_new_tokens")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
+           temperature: float = 1.0, generator: torch.Generator | None = None) -> Samples:
+    """Plain ancestral sampling with a KV cache; rows stop at ``eos_id`` and are padded after it."""
+    body, head = trunk(model), model.lm_head
+    B = query.shape[0]
+    mask, pos = query_mask, position_ids(query_mask)
+    out = body(input_ids=query, attention_mask=mask, position_ids=pos, use_cache=True)
+    h = out.last_hidden_state[:, -1]                                   # (B, C)
+    response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=query.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=query.device)
+    ones = torch.ones(B, 1, dtype=mask.dtype, device=query.device)
+    for t in range(max_new_tokens):
+        probs = torch.softmax(head(h).float() / temperature, dim=-1)  # (B, V)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        response[:, t] = nxt
+        finished |= nxt == eos_id
+        if t == max_new_tokens - 1 or bool(finished.all()):
+            break
+        mask, pos = torch.cat([mask, ones], dim=1), pos[:, -1:] + 1
+        out = body(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                   past_key_values=out.past_key_values, use_cache=True)
+        h = out.last_hidden_state[:, -1]
+    response_mask = _response_mask(response, eos_id, pad_id)
+    return Samples(query, query_mask, response, response_mask, (response == eos_id).any(dim=1))
+
+
+def _response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """1 for every token up to and including the first end token (pad ids that were sampled stay real)."""
+    is_eos = (response == eos_id).long()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0                      # strictly after the first eos
+    return (~after_eos).long()
+
+
+def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy: bool = False):
+    """log pi(a_t | s_t) of every response token at ``temperature``: ``(B, R)``; plus values if the
+    model has a value head (``PolicyWithValue``) and the entropy if asked."""
+    P = s.query.shape[1]
+    mask = s.attention_mask
+    h = trunk(model)(input_ids=s.input_ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    h_act = h[:, P - 1:-1]                                            # (B, R, C): states before each token
+    logits = model.lm_head(h_act).float() / temperature               # (B, R, V)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, s.response.unsqueeze(-1)).squeeze(-1)  # (B, R)
+    out = {"logp": logp}
+    if isinstance(model, PolicyWithValue):
+        out["values"] = model.value_head(h_act).squeeze(-1).float()
+    if with_entropy:
+        out["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+    return out
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM and a zero-initialised scalar value head on its last hidden state (shared trunk)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.n_embd, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def transformer(self):
+        return self.lm.transformer
+
+    @property
+    def lm_head(self):
+        return self.lm.lm_head
+
+    @property
+    def config(self):
+        return self.lm.config
+
+
+class Critic(nn.Module):
+    """A separate value model: its own transformer body (copied from a given one) and a zero-initialised head."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.transformer = body
+        self.value_head = nn.Linear(body.config.n_embd, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, s: Samples) -> torch.Tensor:
+        P, mask = s.query.shape[1], s.attention_mask
+        h = self.transformer(input_ids=s.input_ids, attention_mask=mask,
+                             position_ids=position_ids(mask)).last_hidden_state
+        return self.value_head(h[:, P - 1:-1]).squeeze(-1).float()     # (B, R)

@@ -1,0 +1,350 @@
+"""RLHF (Chapters 8-11): the maths against naive loops, the sequence-policy details, the reward
+model, the trainers on the micro preset, memory accounting, bad input and the CLI."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from ppo_edu.rlhf import data, grpo, memory, pipeline, policy, ppo, reward
+from ppo_edu.rlhf.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss
+from ppo_edu.rlhf.ppo import (AdaptiveKLController, PPORLHF, RLHFConfig, masked_whiten, shaped_rewards,
+                              token_gae)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """The micro preset's tokenizer, pretrained policy and reward model, built once (seconds)."""
+    return pipeline.load_assets("micro", 0, "rm", progress_bar=False, device="cpu",
+                                cache_dir=tmp_path_factory.mktemp("rlhf-cache"))
+
+
+def _random_case(seed, B=5, R=7):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, R + 1, (B,), generator=g)
+    mask = (torch.arange(R)[None] < lengths[:, None]).float()
+    return g, lengths, mask
+
+
+# ---------------------------------------------------------------- pure maths vs naive loops
+@pytest.mark.parametrize("seed", range(5))
+def test_shaped_rewards_match_a_naive_loop(seed):
+    g, lengths, mask = _random_case(seed)
+    B, R = mask.shape
+    logp, ref, score = torch.randn(B, R, generator=g), torch.randn(B, R, generator=g), torch.randn(B, generator=g)
+    rewards, kl = shaped_rewards(score, logp, ref, mask, kl_coef=0.3)
+    for i in range(B):
+        for t in range(R):
+            if t >= lengths[i]:
+                assert rewards[i, t] == 0 and kl[i, t] == 0
+                continue
+            expected = -0.3 * (logp[i, t] - ref[i, t]) + (score[i] if t == lengths[i] - 1 else 0.0)
+            assert rewards[i, t] == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
+def test_token_gae_matches_a_naive_backward_loop(seed, gamma, lam):
+    g, lengths, mask = _random_case(seed)
+    B, R = mask.shape
+    rewards, values = torch.randn(B, R, generator=g), torch.randn(B, R, generator=g)
+    adv, ret = token_gae(rewards, values, mask, gamma, lam)
+    for i in range(B):
+        n, a = int(lengths[i]), 0.0
+        for t in reversed(range(n)):
+            v_next = values[i, t + 1].item() if t + 1 < n else 0.0          # the last token is terminal
+            delta = rewards[i, t].item() + gamma * v_next - values[i, t].item()
+            a = delta + gamma * lam * a
+            assert adv[i, t].item() == pytest.approx(a, abs=1e-5)
+            assert ret[i, t].item() == pytest.approx(a + values[i, t].item(), abs=1e-5)
+        assert (adv[i, n:] == 0).all() and (ret[i, n:] == 0).all()
+
+
+def test_masked_whiten_uses_only_real_tokens():
+    _, _, mask = _random_case(3, B=6, R=9)
+    x = torch.randn(6, 9) * 5 + 3
+    w = masked_whiten(x, mask)
+    real = w[mask.bool()]
+    assert real.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert real.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert (w[~mask.bool()] == 0).all()
+    x2 = x.clone()
+    x2[~mask.bool()] = 1e6                                               # pads must not leak into the stats
+    assert torch.allclose(masked_whiten(x2, mask), w)
+
+
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_group_advantages_match_a_naive_loop(G):
+    scores = torch.randn(5 * G, generator=torch.Generator().manual_seed(G))
+    adv = group_advantages(scores, G)
+    for k in range(5):
+        grp = scores[k * G:(k + 1) * G].tolist()
+        mean = sum(grp) / G
+        std = math.sqrt(sum((s - mean) ** 2 for s in grp) / (G - 1))
+        for j in range(G):
+            assert adv[k * G + j].item() == pytest.approx((grp[j] - mean) / (std + 1e-4), abs=1e-5)
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(torch.zeros(10), 3)
+
+
+def test_grpo_loss_at_ratio_one_and_zero_kl():
+    g, _, mask = _random_case(7, B=4, R=6)
+    logp = torch.randn(4, 6, generator=g, requires_grad=True)
+    adv = torch.randn(4, generator=g)
+    loss, info = grpo_loss(logp, logp.detach(), logp.detach(), adv, mask, clip_eps=0.2, beta=0.5)
+    m = mask.bool()
+    expected = -(adv[:, None].expand(4, 6)[m]).mean()                   # ratio 1: minus the mean advantage
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert info["kl_k3"].item() == 0.0
+    _, info2 = grpo_loss(logp, logp.detach(), logp.detach() + torch.randn(4, 6, generator=g), adv, mask, 0.2, 0.5)
+    assert info2["kl_k3"].item() > 0                                     # k3 is never negative
+
+
+def test_adaptive_kl_controller_moves_toward_target_and_is_clipped():
+    c = AdaptiveKLController(0.1, target=4.0, horizon=100)
+    c.update(8.0, n_samples=10)                                          # error +1 clipped to +0.2
+    assert c.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+    c2 = AdaptiveKLController(0.1, target=4.0, horizon=100)
+    c2.update(3.6, n_samples=10)                                         # error -0.1, inside the clip
+    assert c2.value == pytest.approx(0.1 * (1 - 0.1 * 10 / 100))
+    c3 = AdaptiveKLController(0.1, target=4.0, horizon=100)
+    c3.update(0.0, n_samples=10)                                         # error -1 clipped to -0.2
+    assert c3.value == pytest.approx(0.1 * (1 - 0.2 * 10 / 100))
+
+
+def test_bradley_terry_loss_matches_the_formula():
+    rc, rr = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    expected = sum(math.log(1 + math.exp(-(a - b))) for a, b in zip(rc.tolist(), rr.tolist())) / 3
+    assert reward.bradley_terry_loss(rc, rr).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_gold_scorer_reads_sentiment():
+    g = reward.gold_scores(["The movie was wonderful and great.", "The movie was awful and boring.", "The movie was"])
+    assert g[0] > 0.5 and g[1] < -0.5 and g[2] == 0
+
+
+# ---------------------------------------------------------------- data, tokenizer, sampling
+def test_corpus_is_seeded_and_varied():
+    a, b = data.generate_reviews(200, seed=3), data.generate_reviews(200, seed=3)
+    assert a == b and a != data.generate_reviews(200, seed=4)
+    gold = reward.gold_scores(a)
+    assert (gold > 0.5).sum() > 20 and (gold < -0.5).sum() > 20         # glowing and scathing reviews
+    assert all(any(r.startswith(o) for o in data.OPENINGS) for r in a)
+
+
+def test_tokenizer_round_trip_with_from_pretrained(assets, tmp_path):
+    tok = assets.tok
+    assert tok.pad_token != tok.eos_token and tok.padding_side == "left"
+    tok.save_pretrained(tmp_path)
+    again = data.load_tokenizer(tmp_path)
+    text = "The movie was great."
+    assert again(text)["input_ids"] == tok(text)["input_ids"] and again.decode(tok(text)["input_ids"]) == text
+
+
+def test_left_padding_and_position_ids_do_not_change_log_probs(assets):
+    lm, tok = assets.policy, assets.tok
+    q, m = policy.encode_prompts(tok, ["The movie was", "Honestly, the plot was"], 64, 8)
+    assert m[0, 0] == 0 and m[1].all()                                   # the short prompt is left padded
+    s = policy.sample(lm, q, m, 8, tok.eos_token_id, tok.pad_token_id, 1.0, torch.Generator().manual_seed(0))
+    both = policy.response_logprobs(lm, s)["logp"]
+    alone_q, alone_m = policy.encode_prompts(tok, ["The movie was"], 64, 8)
+    alone = policy.response_logprobs(lm, policy.Samples(alone_q, alone_m, s.response[:1], s.response_mask[:1],
+                                                        s.ended[:1]))["logp"]
+    real = s.response_mask[0].bool()
+    torch.testing.assert_close(both[0][real], alone[0][real], atol=1e-5, rtol=0)
+
+
+def test_log_probs_use_the_sampling_temperature(assets):
+    lm, tok = assets.policy, assets.tok
+    q, m = policy.encode_prompts(tok, ["The movie was"], 64, 4)
+    s = policy.sample(lm, q, m, 4, tok.eos_token_id, tok.pad_token_id, 0.7, torch.Generator().manual_seed(1))
+    got = policy.response_logprobs(lm, s, temperature=0.7)["logp"][0, 0]
+    logits = lm(input_ids=q, attention_mask=m).logits[0, -1]
+    expected = torch.log_softmax(logits / 0.7, -1)[s.response[0, 0]]
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_response_mask_ends_after_the_end_token():
+    eos, pad = 5, 6
+    resp = torch.tensor([[1, 2, eos, 3, 4], [1, 2, 3, 4, 1], [eos, 1, 1, 1, 1]])
+    mask = policy._response_mask(resp, eos, pad)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+# ---------------------------------------------------------------- reward model
+def test_reward_model_beats_chance_on_heldout_pairs(assets):
+    info = assets.info["rm"]
+    assert info["heldout_pairs"] >= 100
+    assert info["heldout_accuracy"] >= 0.7, info["heldout_accuracy"]
+
+
+def test_label_pairs_prefers_higher_gold_with_a_margin():
+    ids = torch.arange(12).view(4, 3)
+    s_a = policy.Samples(ids[:, :1], torch.ones(4, 1, dtype=torch.long), ids[:, 1:], torch.ones(4, 2, dtype=torch.long),
+                         torch.ones(4, dtype=torch.bool))
+    s_b = policy.Samples(ids[:, :1], torch.ones(4, 1, dtype=torch.long), ids[:, 1:] + 100,
+                         torch.ones(4, 2, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    pairs = reward.label_pairs(s_a, s_b, torch.tensor([0.9, 0.1, 0.5, -0.5]), torch.tensor([0.1, 0.9, 0.45, 0.5]),
+                               margin=0.2)
+    assert len(pairs) == 3                                               # 0.5 vs 0.45 is below the margin
+    assert (pairs.gold_chosen > pairs.gold_rejected).all()
+    assert pairs.chosen[0, 1] == 1 and pairs.chosen[1, 1] == 104        # a won the first, b the second
+
+
+def test_reward_model_is_normalised_on_reference_samples(assets):
+    s = pipeline._samples(assets.policy, assets.tok, assets.prompts, 256, 12, 99, "cpu")
+    r = torch.cat([reward.reward_scores(assets.reward_model, x.input_ids, x.attention_mask) for x in s])
+    assert abs(r.mean().item()) < 0.3 and 0.7 < r.std().item() < 1.3
+
+
+# ---------------------------------------------------------------- trainers
+def _ppo(assets, **cfg):
+    config = pipeline.PRESETS["micro"].ppo.replace(**cfg)
+    return PPORLHF(copy.deepcopy(assets.policy), assets.tok, assets.prompts,
+                   pipeline.RewardModelScorer(assets.reward_model), config, ref=assets.policy, seed=0)
+
+
+def test_kl_is_zero_before_the_first_update(assets):
+    stats = _ppo(assets).step()
+    assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0
+    assert stats["approx_kl"] > 0                                        # the policy did move during the update
+
+
+def test_a_few_ppo_iterations_raise_the_reward(assets):
+    hist = _ppo(assets, lr=3e-3, kl_coef=0.01).train(12, progress_bar=False)
+    first, last = sum(h["score"] for h in hist[:3]) / 3, sum(h["score"] for h in hist[-3:]) / 3
+    assert last > first + 0.3, (first, last)
+
+
+def test_a_few_grpo_steps_raise_the_reward(assets):
+    cfg = pipeline.PRESETS["micro"].grpo.replace(lr=3e-3)
+    t = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model),
+             cfg, ref=assets.policy, seed=0)
+    hist = t.train(12, progress_bar=False)
+    first, last = sum(h["score"] for h in hist[:3]) / 3, sum(h["score"] for h in hist[-3:]) / 3
+    assert last > first + 0.3, (first, last)
+
+
+def test_ppo_is_deterministic_under_a_seed(assets):
+    a, b = _ppo(assets).train(2, progress_bar=False), _ppo(assets).train(2, progress_bar=False)
+    keys = ("score", "kl", "policy_loss", "value_loss", "entropy")
+    assert [[h[k] for k in keys] for h in a] == [[h[k] for k in keys] for h in b]
+
+
+def test_separate_critic_trains_its_own_body(assets):
+    t = _ppo(assets, critic="separate")
+    before = copy.deepcopy(t.critic.state_dict())
+    t.step()
+    assert any(not torch.equal(before[k], v) for k, v in t.critic.state_dict().items())
+    assert not hasattr(t.model, "critic") and t.critic.transformer is not t.model.transformer
+
+
+def test_missing_end_token_is_penalised(assets):
+    calls = []
+
+    def constant(s):
+        calls.append(s)
+        return torch.zeros(len(s.response))
+
+    t = PPORLHF(copy.deepcopy(assets.policy), assets.tok, assets.prompts, constant,
+                pipeline.PRESETS["micro"].ppo.replace(max_new_tokens=2, missing_eos_penalty=1.5, epochs=1),
+                ref=assets.policy)
+    t.step()
+    s = calls[-1]
+    assert (~s.ended).any()                                              # 2 tokens rarely reach the end token
+    # the penalised score enters the last token's reward: check through shaped_rewards
+    score = torch.zeros(len(s.ended)) - 1.5 * (~s.ended).float()
+    r, _ = shaped_rewards(score, torch.zeros(s.response.shape), torch.zeros(s.response.shape),
+                          s.response_mask.float(), 0.0)
+    assert r.sum(1).tolist() == score.tolist()
+
+
+# ---------------------------------------------------------------- memory
+def test_memory_accounting_counts_what_exists(assets):
+    t = _ppo(assets)
+    m = memory.measure_trainer(t, assets.reward_model)
+    pol = m["models"]["policy"]
+    assert pol["grads"] == pytest.approx(pol["params"]) and pol["optimizer"] == pytest.approx(2 * pol["params"])
+    assert m["models"]["reference"]["grads"] == 0 and m["models"]["reference"]["optimizer"] == 0
+    assert m["activations"] > 0 and "critic" not in m["models"]
+    sep = memory.measure_trainer(_ppo(assets, critic="separate"), assets.reward_model)
+    assert sep["models"]["critic"]["params"] > 0.5 * pol["params"]
+    g = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model),
+             pipeline.PRESETS["micro"].grpo, ref=assets.policy)
+    mg = memory.measure_trainer(g, assets.reward_model)
+    assert "critic" not in mg["models"] and mg["models"]["policy"]["params"] < pol["params"]  # no value head
+
+
+def test_saved_tensor_counter_counts_activations_once():
+    x = torch.randn(100, 50, requires_grad=True)
+    with memory.SavedTensorCounter() as c:
+        y = torch.tanh(x)                                               # saves its output: 100*50*4 bytes
+        z = (y * y).sum()                                               # saves y (twice, same storage)
+    assert c.bytes == 100 * 50 * 4
+    z.backward()
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_prompts_are_rejected_before_training(assets):
+    scorer = pipeline.RewardModelScorer(assets.reward_model)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        PPORLHF(copy.deepcopy(assets.policy), assets.tok, [], scorer)
+    with pytest.raises(ValueError, match="non-empty string"):
+        PPORLHF(copy.deepcopy(assets.policy), assets.tok, ["The movie was", "  "], scorer)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        PPORLHF(copy.deepcopy(assets.policy), assets.tok, ["The movie was " * 20], scorer)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda s: torch.full((len(s.response),), float("nan")), "non-finite"),
+    (lambda s: torch.zeros(len(s.response), 1), r"shape \(2, 1\); expected \(2,\)"),
+    (lambda s: [0.0] * len(s.response), "must return a torch.Tensor"),
+])
+def test_bad_reward_functions_are_rejected_before_training(assets, bad, match):
+    for cls in (PPORLHF, GRPO):
+        with pytest.raises((ValueError, TypeError), match=match):
+            cls(copy.deepcopy(assets.policy), assets.tok, assets.prompts, bad)
+
+
+def test_tokenizer_without_a_distinct_pad_token_is_rejected(assets):
+    tok = copy.deepcopy(assets.tok)
+    tok.pad_token = tok.eos_token
+    with pytest.raises(ValueError, match="pad_token == eos_token"):
+        PPORLHF(copy.deepcopy(assets.policy), tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("minibatches", 3, "minibatches=3 is invalid: must be a divisor of batch_size=64"),
+    ("lam", 1.5, r"lam=1.5 is invalid: must be in \(0, 1\]"),
+    ("kl_coef", -0.1, "kl_coef=-0.1 is invalid: must be >= 0"),
+    ("critic", "both", "critic='both' is invalid"),
+])
+def test_rlhf_config_names_field_value_and_range(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        RLHFConfig(**{field: value})
+
+
+def test_grpo_config_rejects_groups_of_one():
+    with pytest.raises(ValueError, match="group_size=1 is invalid"):
+        GRPOConfig(group_size=1)
+
+
+# ---------------------------------------------------------------- the whole pipeline from the CLI
+def test_cli_rlhf_micro_writes_a_run_folder(tmp_path, capsys, monkeypatch):
+    from ppo_edu.cli import main
+
+    monkeypatch.setenv("PPO_EDU_CACHE", str(tmp_path / "cache"))
+    code = main(["rlhf", "--preset", "micro", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--ppo-iterations", "3", "--grpo-steps", "3"])
+    assert code == 0
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("rm_heldout_accuracy", "before", "ppo", "grpo", "peak_memory_mb", "wall_seconds"):
+        assert key in s
+    for k in ("ppo", "grpo"):
+        assert {"gold", "rm", "kl", "sec_per_iter_median", "memory_mb"} <= set(s[k])
+    assert (tmp_path / "run" / "rlhf.png").stat().st_size > 5000
+    assert "PPO" in capsys.readouterr().out
+    assert main(["rlhf", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
