@@ -118,6 +118,121 @@ def merge_ok(mean, var, count, batch_mean, batch_var, batch_count):
     return new_mean, second - new_mean ** 2, n
 
 
+# ---- RLHF (written from eqs. 9.1, 10.1, 11.1 and the token GAE of Chapter 10)
+def shaping_ok(score, logp, ref_logp, mask, kl_coef):
+    kl = (logp - ref_logp) * mask
+    rewards = -kl_coef * kl
+    for i in range(len(score)):
+        last = int(mask[i].sum().item()) - 1
+        rewards[i, last] = rewards[i, last] + score[i]
+    return rewards, kl
+
+
+def shaping_score_everywhere(score, logp, ref_logp, mask, kl_coef):
+    kl = (logp - ref_logp) * mask
+    return (-kl_coef * kl + score[:, None]) * mask, kl
+
+
+def shaping_last_column(score, logp, ref_logp, mask, kl_coef):
+    kl = (logp - ref_logp) * mask
+    rewards = -kl_coef * kl
+    rewards[:, -1] += score
+    return rewards, kl
+
+
+def shaping_kl_reversed(score, logp, ref_logp, mask, kl_coef):
+    return shaping_ok(score, ref_logp, logp, mask, kl_coef)
+
+
+def shaping_no_mask(score, logp, ref_logp, mask, kl_coef):
+    rewards, _ = shaping_ok(score, logp, ref_logp, torch.ones_like(mask), kl_coef)
+    kl = logp - ref_logp
+    rewards = -kl_coef * kl
+    for i in range(len(score)):
+        rewards[i, int(mask[i].sum().item()) - 1] += score[i]
+    return rewards, kl
+
+
+def token_gae_ok(rewards, values, mask, gamma, lam):
+    adv = torch.zeros_like(rewards)
+    for i in range(rewards.shape[0]):
+        n, future = int(mask[i].sum().item()), 0.0
+        for t in range(n - 1, -1, -1):
+            v_next = values[i, t + 1] if t < n - 1 else 0.0
+            future = rewards[i, t] + gamma * v_next - values[i, t] + gamma * lam * future
+            adv[i, t] = future
+    return adv, (adv + values) * mask
+
+
+def token_gae_through_padding(rewards, values, mask, gamma, lam):
+    adv = torch.zeros_like(rewards)
+    for i in range(rewards.shape[0]):
+        future = 0.0
+        for t in range(rewards.shape[1] - 1, -1, -1):
+            v_next = values[i, t + 1] if t + 1 < rewards.shape[1] else 0.0
+            future = rewards[i, t] * mask[i, t] + gamma * v_next - values[i, t] + gamma * lam * future
+            adv[i, t] = future
+    return adv * mask, (adv + values) * mask
+
+
+def token_gae_no_lambda(rewards, values, mask, gamma, lam):
+    return token_gae_ok(rewards, values, mask, gamma, 1.0)
+
+
+def token_gae_returns_are_advantages(rewards, values, mask, gamma, lam):
+    adv, _ = token_gae_ok(rewards, values, mask, gamma, lam)
+    return adv, adv
+
+
+def group_ok(scores, group_size, eps=1e-4):
+    out = torch.empty_like(scores)
+    for start in range(0, len(scores), group_size):
+        g = scores[start:start + group_size]
+        mu = g.mean()
+        sd = (((g - mu) ** 2).sum() / (len(g) - 1)).sqrt()
+        out[start:start + group_size] = (g - mu) / (sd + eps)
+    return out
+
+
+def group_whole_batch(scores, group_size, eps=1e-4):
+    return (scores - scores.mean()) / (scores.std() + eps)
+
+
+def group_strided(scores, group_size, eps=1e-4):
+    g = scores.reshape(group_size, -1)
+    return ((g - g.mean(0)) / (g.std(0) + eps)).reshape(-1)
+
+
+def group_not_centred(scores, group_size, eps=1e-4):
+    g = scores.reshape(-1, group_size)
+    return (g / (g.std(1, keepdim=True) + eps)).reshape(-1)
+
+
+def group_population_std(scores, group_size, eps=1e-4):
+    g = scores.reshape(-1, group_size)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + eps)).reshape(-1)
+
+
+def bt_ok(r_chosen, r_rejected):
+    return torch.nn.functional.softplus(r_rejected - r_chosen).mean()
+
+
+def bt_sign(r_chosen, r_rejected):
+    return torch.nn.functional.softplus(r_chosen - r_rejected).mean()
+
+
+def bt_difference(r_chosen, r_rejected):
+    return (r_rejected - r_chosen).mean()
+
+
+def bt_sum(r_chosen, r_rejected):
+    return torch.nn.functional.softplus(r_rejected - r_chosen).sum()
+
+
+def bt_naive_log_sigmoid(r_chosen, r_rejected):
+    return -torch.log(1.0 / (1.0 + torch.exp(r_rejected - r_chosen))).mean()
+
+
 CORRECT = {
     "check_discounted_returns": (check_discounted_returns, returns_ok),
     "check_compute_gae": (check_compute_gae, gae_ok),
@@ -133,6 +248,10 @@ CORRECT = {
     "check_kl_k3": (check_kl_k3, k3_ok),
     "check_merge_moments": (check_merge_moments, merge_ok),
     "check_running_mean_std": (check_running_mean_std, merge_ok),
+    "check_shaped_rewards": (checks.check_shaped_rewards, shaping_ok),
+    "check_token_gae": (checks.check_token_gae, token_gae_ok),
+    "check_group_advantages": (checks.check_group_advantages, group_ok),
+    "check_bradley_terry_loss": (checks.check_bradley_terry_loss, bt_ok),
 }
 
 
@@ -589,6 +708,23 @@ DIAGNOSED += [
     (check_kl_k3, k3_plus_log, "do not add"),
     (check_merge_moments, merge_mean_weight_swapped, "weights swapped"),
     (check_merge_moments, merge_sample_variance, "population variance"),
+]
+DIAGNOSED += [
+    (checks.check_shaped_rewards, shaping_score_everywhere, "not on every token"),
+    (checks.check_shaped_rewards, shaping_last_column, "not the last column"),
+    (checks.check_shaped_rewards, shaping_kl_reversed, "KL sign"),
+    (checks.check_shaped_rewards, shaping_no_mask, "multiply the KL by the mask"),
+    (checks.check_token_gae, token_gae_through_padding, "the last real token is terminal"),
+    (checks.check_token_gae, token_gae_no_lambda, "lambda is missing"),
+    (checks.check_token_gae, token_gae_returns_are_advantages, "returns = advantages + values"),
+    (checks.check_group_advantages, group_whole_batch, "not over the whole batch"),
+    (checks.check_group_advantages, group_strided, "groups are consecutive"),
+    (checks.check_group_advantages, group_not_centred, "subtract the group mean"),
+    (checks.check_group_advantages, group_population_std, "unbiased"),
+    (checks.check_bradley_terry_loss, bt_sign, "you rewarded the rejected sample"),
+    (checks.check_bradley_terry_loss, bt_difference, "not the difference itself"),
+    (checks.check_bradley_terry_loss, bt_sum, "do not sum"),
+    (checks.check_bradley_terry_loss, bt_naive_log_sigmoid, "exp of a large number"),
 ]
 UNDIAGNOSED: list = []  # realistic mistakes rejected without a specific hint: none known
 
