@@ -223,7 +223,7 @@ def run_ppo(a) -> None:
             vf_coef=0.1,
             whiten_rewards=False,
             missing_eos_penalty=1.0,
-            stop_token=None,             # no truncation at EOS: all responses are 24 tokens
+            stop_token="eos",            # responses end at <|endoftext|>, as in ppo_edu (missing_eos_penalty applies)
             num_sample_generations=0,    # no debug sample generations
         )
         trainer = PPOTrainer(

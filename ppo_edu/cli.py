@@ -103,15 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", default=None, help="asset cache folder (default $PPO_EDU_CACHE/rlhf or "
                                                  "~/.cache/ppo_edu/rlhf)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    r.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes: launches 'torchrun --nproc_per_node=NPROC -m ppo_edu.cli rlhf ...' "
+                        "(gloo on CPU, nccl on GPU); each process samples its own batch")
     return p
 
 
 def rlhf_cmd(args) -> int:
+    import torch
+
+    from . import distributed
     from .rlhf.pipeline import run_pipeline
 
+    dist = distributed.init()
+    if dist.enabled and args.device == "auto" and torch.cuda.is_available():
+        torch.cuda.set_device(dist.rank % torch.cuda.device_count())    # one GPU per process
     out = Path(args.out or f"runs/rlhf/{args.preset}-seed{args.seed}")
     s = run_pipeline(args.preset, out, seed=args.seed, progress_bar=not args.no_progress, device=args.device,
                      ppo_iterations=args.ppo_iterations, grpo_steps=args.grpo_steps, cache_dir=args.cache)
+    if not dist.is_main:
+        distributed.shutdown()
+        return 0
     print(f"reward model held-out pair accuracy: {s['rm_heldout_accuracy']:.3f}")
     print(f"{'':8s} {'gold':>7s} {'RM':>7s} {'KL':>6s} {'s/iter':>7s} {'memory MiB':>10s}")
     print(f"{'before':8s} {s['before']['gold']:7.3f} {s['before']['rm']:7.3f}")
@@ -119,7 +131,8 @@ def rlhf_cmd(args) -> int:
         r = s[k]
         print(f"{k.upper():8s} {r['gold']:7.3f} {r['rm']:7.3f} {r['kl']:6.2f} {r['sec_per_iter_median']:7.3f} "
               f"{r['memory_mb']['total']:10.1f}")
-    print(f"run folder: {out} ({s['wall_seconds']:.0f} s)")
+    print(f"run folder: {out} ({s['wall_seconds']:.0f} s, {s['processes']} process(es))")
+    distributed.shutdown()
     return 0
 
 
@@ -145,19 +158,21 @@ def grade_cmd(args) -> int:
 
 
 def launch_torchrun(argv: list[str], nproc: int) -> int:
-    """Re-run this training command under torchrun with ``nproc`` processes on this machine."""
+    """Re-run this command under torchrun with ``nproc`` processes on this machine: ``train`` runs
+    ``-m ppo_edu.train`` (which reports a failed rank), ``rlhf`` runs ``-m ppo_edu.cli rlhf``."""
     import subprocess
 
     rest, skip = [], False
-    for a in argv[1:]:  # drop 'train' and the --nproc option
+    for a in argv[1:]:  # drop the command name and the --nproc option
         if skip:
             skip = False
         elif a == "--nproc":
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
+    target = ["ppo_edu.train"] if argv[0] == "train" else ["ppo_edu.cli", argv[0]]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "ppo_edu.train", *rest]
+           "-m", *target, *rest]
     print("launching:", " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd)
 
@@ -227,7 +242,7 @@ def evaluate(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if args.command in ("train", "rlhf") and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(argv, args.nproc)
     commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd, "rlhf": rlhf_cmd}
     try:

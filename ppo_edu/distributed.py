@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DistInfo", "init", "info", "average_", "broadcast_", "global_mean_std", "shutdown"]
+__all__ = ["DistInfo", "init", "info", "average_", "average_grads_", "barrier", "broadcast_", "global_mean_std",
+           "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,28 @@ def average_(x) -> None:
     t = _as_tensor(x)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     t.div_(d.world_size)
+
+
+def average_grads_(params) -> None:
+    """Average the ``.grad`` of ``params`` over all ranks with one all_reduce (missing grads count as 0)."""
+    if not info().enabled:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    average_(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+def barrier() -> None:
+    if info().enabled:
+        torch.distributed.barrier()
 
 
 def broadcast_(x, src: int = 0) -> None:

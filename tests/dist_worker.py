@@ -44,6 +44,9 @@ def main(mode, out):
         sys.exit(run(["CartPole-v1", "--timesteps", "40960", "--out", str(out), "--save-every", "2",
                       "--no-progress", "--n-envs", "4", "--n-steps", "32", "--n-epochs", "1"], extra_callback=fail))
     d = distributed.init()
+    if mode == "rlhf":
+        rlhf(out, d)
+        return
     if mode == "train":
         agent = PPO("CartPole-v1", CFG, seed=0).learn(2048)
     elif mode == "update":
@@ -51,6 +54,28 @@ def main(mode, out):
         buf, adv, ret = synthetic_buffer(agent, CFG.n_envs * d.world_size)
         agent._update(*split(buf, adv, ret, d.rank, CFG.n_envs), lr=1e-3, clip_eps=0.2)
     np.save(out / f"params_rank{d.rank}.npy", agent.flat.data)
+    distributed.shutdown()
+
+
+def rlhf(out, d):
+    """PPO-RLHF then GRPO on the micro assets (rank 0 builds them in ``out/cache``)."""
+    import copy
+
+    from ppo_edu.rlhf.grpo import GRPO
+    from ppo_edu.rlhf.pipeline import PRESETS, RewardModelScorer, load_assets
+    from ppo_edu.rlhf.ppo import PPORLHF
+
+    torch.set_num_threads(1)
+    a = load_assets("micro", 0, "rm", progress_bar=False, device="cpu", cache_dir=out / "cache")
+    policy = copy.deepcopy(a.policy)
+    ppo = PPORLHF(policy, a.tok, a.prompts, RewardModelScorer(a.reward_model), PRESETS["micro"].ppo, ref=a.policy)
+    ppo.train(2, progress_bar=False)
+    first_batch = ppo.last_samples.response.numpy()
+    GRPO(policy, a.tok, a.prompts, RewardModelScorer(a.reward_model), PRESETS["micro"].grpo,
+         ref=a.policy).train(2, progress_bar=False)
+    flat = torch.cat([p.detach().reshape(-1) for p in ppo.model.parameters()]).numpy()
+    np.save(out / f"params_rank{d.rank}.npy", flat)
+    np.save(out / f"responses_rank{d.rank}.npy", first_batch)
     distributed.shutdown()
 
 

@@ -53,3 +53,25 @@ def test_a_failed_rank_stops_the_run_and_the_checkpoint_stays_readable(tmp_path)
     assert state["n_updates"] in (2, 4)  # the last periodic save before the failure
     agent = PPO.load(out / "model.pt")
     assert agent.evaluate(2)[0] > 0
+
+
+def test_rlhf_ranks_sample_their_own_batches_and_stay_identical(tmp_path):
+    proc = torchrun("rlhf", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p0, p1 = np.load(tmp_path / "params_rank0.npy"), np.load(tmp_path / "params_rank1.npy")
+    np.testing.assert_array_equal(p0, p1)                       # gradients were averaged every minibatch
+    r0, r1 = np.load(tmp_path / "responses_rank0.npy"), np.load(tmp_path / "responses_rank1.npy")
+    assert r0.shape[0] == r1.shape[0] and not np.array_equal(r0[:, :2], r1[:, :2])  # own prompts and samples
+
+
+def test_cli_rlhf_nproc_2_writes_one_run_folder(tmp_path):
+    import json
+    import os
+
+    env = {**os.environ, "PPO_EDU_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "ppo_edu.cli", "rlhf", "--preset", "micro", "--nproc", "2",
+                           "--out", str(tmp_path / "run"), "--no-progress", "--ppo-iterations", "2",
+                           "--grpo-steps", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["processes"] == 2
+    assert proc.stdout.count("run folder:") == 1                # rank 0 alone reports

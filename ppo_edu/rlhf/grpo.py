@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs, sample
 from .ppo import PromptSampler, _require, check_scores, trim
@@ -96,11 +97,14 @@ class GRPO:
         self.cfg = cfg = config or GRPOConfig()
         self.reward_fn, self.seed = reward_fn, seed
         self.device = next(policy.parameters()).device
-        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, seed, self.device)
+        self.dist = distributed.info()          # under torchrun: own prompts and samples per rank, mean gradients
+        rank_seed = seed + 1000 * self.dist.rank
+        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, rank_seed,
+                                     self.device)
         self.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
         self.model = policy.requires_grad_(True).eval()  # eval: no dropout
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(rank_seed)
         self.iteration = 0
         q, m = self.prompts.draw(2)                                   # fail early on a broken reward_fn
         check_scores(reward_fn(sample(self.model, q, m, 2, self.prompts.eos_id, self.prompts.pad_id,
@@ -149,6 +153,7 @@ class GRPO:
             raise FloatingPointError(f"GRPO step {self.iteration}: loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_grads_(self.model.parameters())            # data-parallel: mean over ranks
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         kl_seq = ((logp.detach() - ref_logp) * mask).sum(1).mean()     # k1 per sample, comparable to PPO's
@@ -160,7 +165,7 @@ class GRPO:
         from ..progress import progress
 
         history = []
-        with progress(steps, progress_bar, desc="GRPO", unit="step") as bar:
+        with progress(steps, progress_bar and self.dist.is_main, desc="GRPO", unit="step") as bar:
             for _ in range(steps):
                 stats = self.step()
                 if not math.isfinite(stats["loss"]):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from .data import generate_reviews, load_tokenizer, review_prompts, train_tokenizer
 from .grpo import GRPO, GRPOConfig
 from .memory import measure_trainer
@@ -192,15 +193,25 @@ def load_assets(size: str = "cpu-tiny", seed: int = 0, stage: str = "rm", progre
     digest = hashlib.sha1(json.dumps([ASSET_VERSION, SIZES[size].to_dict()], sort_keys=True).encode()).hexdigest()[:10]
     lm_dir = root / f"{size}-seed{seed}-{digest}"
     rm_dir = lm_dir.with_name(lm_dir.name + "-rm")
-    if not (lm_dir / "lm.json").exists():
-        _atomic_dir(lm_dir, lambda d: _build_lm(d, size, seed, progress_bar, device))
+    dist = distributed.info()
+    if dist.enabled and not dist.is_main:
+        distributed.barrier()                                         # under torchrun, rank 0 builds; the rest wait
+    else:
+        if not (lm_dir / "lm.json").exists():
+            _atomic_dir(lm_dir, lambda d: _build_lm(d, size, seed, progress_bar, device))
+        tok = load_tokenizer(lm_dir / "tokenizer")
+        if stage == "rm" and not (rm_dir / "rm.json").exists():
+            lm = GPT2LMHeadModel.from_pretrained(lm_dir / "policy").to(device).eval()
+            a = Assets(tok, lm, json.loads((lm_dir / "prompts.json").read_text()),
+                       json.loads((lm_dir / "lm.json").read_text()), path=lm_dir)
+            _atomic_dir(rm_dir, lambda d: _build_rm(d, a, seed, progress_bar, device))
+        if dist.enabled:
+            distributed.barrier()
     tok = load_tokenizer(lm_dir / "tokenizer")
     policy = GPT2LMHeadModel.from_pretrained(lm_dir / "policy").to(device).eval()
     a = Assets(tok, policy, json.loads((lm_dir / "prompts.json").read_text()),
                json.loads((lm_dir / "lm.json").read_text()), path=lm_dir)
     if stage == "rm":
-        if not (rm_dir / "rm.json").exists():
-            _atomic_dir(rm_dir, lambda d: _build_rm(d, a, seed, progress_bar, device))
         a.reward_model = GPT2ForSequenceClassification.from_pretrained(rm_dir / "reward_model").to(device).eval()
         a.info = {**a.info, "rm": json.loads((rm_dir / "rm.json").read_text())}
     return a
@@ -253,7 +264,10 @@ def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: 
                  device="auto", ppo_iterations: int | None = None, grpo_steps: int | None = None,
                  cache_dir: str | Path | None = None) -> dict:
     """Everything end to end; writes ``summary.json``, ``ppo.csv``, ``grpo.csv``, ``samples.md`` and
-    ``rlhf.png`` to ``out`` (when given) and returns the summary."""
+    ``rlhf.png`` to ``out`` (when given) and returns the summary.
+
+    Under torchrun every rank samples its own prompts and the trainers average gradients over
+    ranks; rank 0 alone builds the assets and writes the run folder."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is unknown: choose one of {sorted(PRESETS)}")
     p, device = PRESETS[preset], resolve_device(device)
@@ -281,7 +295,8 @@ def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: 
     summary["wall_seconds"] = time.perf_counter() - t_start
     summary["peak_memory_mb"] = max(summary[k]["memory_mb"]["cuda_peak"] or summary[k]["memory_mb"]["process_peak_rss"]
                                     for k in ("ppo", "grpo"))
-    if out is not None:
+    summary["processes"] = distributed.info().world_size
+    if out is not None and distributed.info().is_main:
         _write_run(Path(out), summary, runs, before)
     return summary
 

@@ -25,6 +25,7 @@ from typing import Callable, Literal
 
 import torch
 
+from .. import distributed
 from ..gae import compute_gae
 from ..losses import clipped_surrogate_loss, value_loss
 from .data import check_tokenizer
@@ -191,7 +192,10 @@ class PPORLHF:
         self.cfg = cfg = config or RLHFConfig()
         self.tok, self.reward_fn, self.seed = tok, reward_fn, seed
         self.device = next(policy.parameters()).device
-        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, seed, self.device)
+        self.dist = distributed.info()          # under torchrun: own prompts and samples per rank, mean gradients
+        rank_seed = seed + 1000 * self.dist.rank
+        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, rank_seed,
+                                     self.device)
         self.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
         self.model = PolicyWithValue(policy.requires_grad_(True)).to(self.device).eval()  # eval: no dropout
         self.critic = Critic(copy.deepcopy(policy.transformer)).to(self.device).eval() \
@@ -200,7 +204,7 @@ class PPORLHF:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl \
             else FixedKLController(cfg.kl_coef)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(rank_seed)
         self.iteration = 0
         self._probe_reward_fn()
 
@@ -236,7 +240,7 @@ class PPORLHF:
         t_score = time.perf_counter()
         # --- update: epochs of minibatches
         stats = self._update(s, mask, old["logp"], values, adv, returns)
-        kl_seq = kl.sum(1).mean().item()
+        kl_seq = self._mean_over_ranks(kl.sum(1).mean())
         stats.update(iteration=self.iteration, score=raw.mean().item(), kl=kl_seq, kl_coef=self.kl_ctl.value,
                      non_score_reward=(-self.kl_ctl.value * kl).sum(1).mean().item(),
                      response_len=mask.sum(1).mean().item(), ended=s.ended.float().mean().item(),
@@ -274,11 +278,18 @@ class PPORLHF:
                                      f"(policy {pg_loss.item()}, value {vf_loss.item()})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_grads_(self.optimizer.param_groups[0]["params"])  # data-parallel: mean over ranks
         torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.max_grad_norm)
         self.optimizer.step()
         return {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                 "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
                 "clip_fraction": info["clip_fraction"].item()}
+
+    def _mean_over_ranks(self, x: torch.Tensor) -> float:
+        """The mean of a scalar over ranks, so every rank's KL controller sees the same KL."""
+        x = x.detach().reshape(1).clone()
+        distributed.average_(x)
+        return x.item()
 
     # ------------------------------------------------------------ many iterations
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,
@@ -287,7 +298,7 @@ class PPORLHF:
         from ..progress import progress
 
         history = []
-        with progress(iterations, progress_bar, desc="PPO-RLHF", unit="it") as bar:
+        with progress(iterations, progress_bar and self.dist.is_main, desc="PPO-RLHF", unit="it") as bar:
             for _ in range(iterations):
                 stats = self.step()
                 if not math.isfinite(stats["kl"]):

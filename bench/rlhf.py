@@ -1,0 +1,138 @@
+"""ppo_edu's PPO-RLHF and GRPO against Hugging Face TRL's, side by side, on the same tiny GPT-2.
+
+Speed: one PPO iteration (64 prompts x up to 24 new tokens, 4 epochs x 4 minibatches) and one
+GRPO step (16 prompts x 4 samples), timed in alternating rounds: ppo_edu in this process, TRL in
+its bench-only virtual environments (``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer
+is ``trl.experimental.ppo``; ``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
+
+    python3 -m venv bench/.venv-trl-ppo && bench/.venv-trl-ppo/bin/pip install torch==2.13.0 trl==1.12.0
+    python3 -m venv bench/.venv-trl-grpo && bench/.venv-trl-grpo/bin/pip install torch==2.13.0 trl==1.16.0
+
+(naming torch==2.13.0 keeps pip on the local CPU wheel instead of a multi-GB CUDA build)
+
+Both sides use one thread and the cached ``cpu-tiny`` assets (policy, reference, reward model;
+TRL's value model starts from the reward model, as TRL's examples do). ppo_edu's default value
+head shares the policy's trunk; the ``separate critic`` row gives it its own model, as TRL has.
+
+Quality: PPO-RLHF for 100 iterations on several seeds; the mean gold (VADER) score of 256 fresh
+samples and their KL to the reference. Target: gold >= 0.8 with KL <= 5 nats on every seed.
+
+    python bench/rlhf.py [--iters 8] [--rounds 2] [--quality-seeds 3] [--skip-trl] [--skip-quality]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+from ppo_edu.rlhf.grpo import GRPO  # noqa: E402
+from ppo_edu.rlhf.pipeline import PRESETS, RewardModelScorer, evaluate_policy, load_assets  # noqa: E402
+from ppo_edu.rlhf.ppo import PPORLHF  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def ours(a, kind: str, iters: int, seed: int, **changes) -> list[float]:
+    p = PRESETS["cpu-tiny"]
+    cls, cfg = (PPORLHF, p.ppo) if kind == "ppo" else (GRPO, p.grpo)
+    trainer = cls(copy.deepcopy(a.policy), a.tok, a.prompts, RewardModelScorer(a.reward_model),
+                  cfg.replace(**changes), ref=a.policy, seed=seed)
+    trainer.step()                                                     # warm-up
+    return [trainer.step()["time_iter"] for _ in range(iters)]
+
+
+def trl(kind: str, assets_dir: str, iters: int, seed: int) -> list[float] | None:
+    venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
+    if not (venv / "bin" / "python").exists():
+        print(f"  (skipped TRL {kind}: {venv.relative_to(HERE.parent)} is missing; see this file's docstring)")
+        return None
+    out = subprocess.run([str(venv / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets", assets_dir,
+                          "--iters", str(iters), "--seed", str(seed)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        print(out.stderr[-3000:])
+        raise SystemExit(f"TRL {kind} failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])["per_iter"]
+
+
+def trl_assets(a) -> str:
+    """TRL's asset layout: links to our cached save_pretrained folders."""
+    d = Path(tempfile.mkdtemp(prefix="ppo_edu_trl_"))
+    rm_dir = a.path.with_name(a.path.name + "-rm")
+    for name, src in (("tokenizer", a.path / "tokenizer"), ("policy", a.path / "policy"),
+                      ("reward_model", rm_dir / "reward_model"), ("prompts.json", a.path / "prompts.json")):
+        (d / name).symlink_to(src)
+    return str(d)
+
+
+def speed(a, iters: int, rounds: int, skip_trl: bool) -> None:
+    rows = {k: [] for k in ("ppo_edu PPO", "ppo_edu PPO (separate critic)", "TRL PPO", "ppo_edu GRPO", "TRL GRPO")}
+    d = trl_assets(a)
+    for r in range(rounds):
+        print(f"round {r + 1}/{rounds}", flush=True)
+        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r)
+        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, critic="separate")
+        rows["ppo_edu GRPO"] += ours(a, "grpo", iters, r)
+        if not skip_trl:
+            rows["TRL PPO"] += trl("ppo", d, iters, r) or []
+            rows["TRL GRPO"] += trl("grpo", d, iters, r) or []
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
+    print(f"\nseconds per iteration (median of {iters} x {rounds}, warm-up excluded, 1 thread):")
+    for k, v in med.items():
+        print(f"  {k:32s} {v:6.3f} s")
+    if "TRL PPO" in med:
+        print(f"TRL PPO / ppo_edu PPO            = {med['TRL PPO'] / med['ppo_edu PPO']:.2f}x  (target >= 2)")
+        print(f"TRL PPO / ppo_edu PPO (separate) = {med['TRL PPO'] / med['ppo_edu PPO (separate critic)']:.2f}x")
+    if "TRL GRPO" in med:
+        print(f"TRL GRPO / ppo_edu GRPO          = {med['TRL GRPO'] / med['ppo_edu GRPO']:.2f}x  (target >= 1)")
+
+
+def quality(a, seeds: int, iterations: int) -> None:
+    print(f"\nPPO-RLHF quality: {iterations} iterations, 256 fresh samples (gold = VADER compound)")
+    before = evaluate_policy(a.policy, a, 256)
+    print(f"  reference       gold {before['gold']:+.3f}")
+    ok = True
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        policy = copy.deepcopy(a.policy)
+        t0 = time.perf_counter()
+        PPORLHF(policy, a.tok, a.prompts, RewardModelScorer(a.reward_model), PRESETS["cpu-tiny"].ppo, ref=a.policy,
+                seed=seed).train(iterations, progress_bar=False)
+        ev = evaluate_policy(policy, a, 256, ref=a.policy)
+        good = ev["gold"] >= 0.8 and ev["kl"] <= 5.0
+        ok &= good
+        print(f"  seed {seed}          gold {ev['gold']:+.3f}  KL {ev['kl']:.2f} nats  RM {ev['rm']:+.2f}  "
+              f"({time.perf_counter() - t0:.0f} s) {'ok' if good else 'MISSED'}")
+    print(f"target gold >= 0.8 with KL <= 5 on {seeds} seeds: {'met' if ok else 'NOT met'}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--iters", type=int, default=8, help="timed iterations per trainer per round")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    p.add_argument("--quality-seeds", type=int, default=3)
+    p.add_argument("--quality-iterations", type=int, default=100)
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-quality", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    a = load_assets("cpu-tiny", 0, "rm")
+    print(f"tiny GPT-2: {a.info['parameters']:,} parameters; reward model held-out accuracy "
+          f"{a.info['rm']['heldout_accuracy']:.3f}")
+    speed(a, args.iters, args.rounds, args.skip_trl)
+    if not args.skip_quality:
+        quality(a, args.quality_seeds, args.quality_iterations)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
