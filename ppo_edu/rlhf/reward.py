@@ -62,6 +62,7 @@ def label_pairs(a: Samples, b: Samples, gold_a: torch.Tensor, gold_b: torch.Tens
                 margin: float = 0.2) -> PreferencePairs:
     """Pairs (a_i, b_i) share a prompt; keep those whose gold scores differ by at least ``margin``
     and put the preferred one first."""
+    gold_a, gold_b = gold_a.to(a.query.device), gold_b.to(a.query.device)  # VADER scores come from the CPU
     keep = (gold_a - gold_b).abs() >= margin
     a_wins = (gold_a > gold_b)[keep]
     ids_a, mask_a, ids_b, mask_b = a.input_ids[keep], a.attention_mask[keep], b.input_ids[keep], b.attention_mask[keep]
