@@ -309,11 +309,31 @@ def test_bad_reward_functions_are_rejected_before_training(assets, bad, match):
             cls(copy.deepcopy(assets.policy), assets.tok, assets.prompts, bad)
 
 
+def test_from_pretrained_adds_a_pad_token_like_gpt2_needs(assets, tmp_path):
+    """The loading path a user with real GPT-2 takes (``from_pretrained("gpt2")``), on a saved
+    folder whose tokenizer, like GPT-2's, pads with the end-of-text token."""
+    from ppo_edu.rlhf.models import from_pretrained
+
+    tok = copy.deepcopy(assets.tok)
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(tmp_path)
+    assets.policy.save_pretrained(tmp_path)
+    tok2, lm = from_pretrained(str(tmp_path))
+    assert tok2.pad_token_id != tok2.eos_token_id and tok2.padding_side == "left"
+    assert lm.get_input_embeddings().num_embeddings >= len(tok2) and lm.config.pad_token_id == tok2.pad_token_id
+    q, m = policy.encode_prompts(tok2, ["The movie was", "I found the film"], 64, 4)
+    s = policy.sample(lm, q, m, 4, tok2.eos_token_id, tok2.pad_token_id, 1.0, torch.Generator().manual_seed(0))
+    assert s.response.shape == (2, 4)
+
+
 def test_tokenizer_without_a_distinct_pad_token_is_rejected(assets):
     tok = copy.deepcopy(assets.tok)
     tok.pad_token = tok.eos_token
     with pytest.raises(ValueError, match="pad_token == eos_token"):
         PPORLHF(copy.deepcopy(assets.policy), tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model))
+    tok.pad_token = None
+    with pytest.raises(ValueError, match="pad_token is None"):
+        GRPO(copy.deepcopy(assets.policy), tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model))
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -14,7 +14,7 @@ import torch
 
 from ..progress import progress
 
-__all__ = ["ModelSize", "SIZES", "gpt2_config", "new_lm", "pretrain", "count_parameters"]
+__all__ = ["ModelSize", "SIZES", "gpt2_config", "new_lm", "pretrain", "count_parameters", "from_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,22 @@ def pretrain(model, tok, texts: list[str], size: ModelSize, seed: int = 0, progr
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
+
+
+def from_pretrained(name_or_path: str, device="cpu"):
+    """A tokenizer and causal LM from ``from_pretrained`` (``"gpt2"`` for a user who has it cached, or
+    a folder), made ready for RLHF: a pad token distinct from end-of-text (added, and the embeddings
+    resized, when missing, as GPT-2 needs), left padding, dropout off. Returns ``(tok, model)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import PAD, check_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD})
+        model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    tok.padding_side = "left"
+    check_tokenizer(tok)
+    return tok, model.to(device).eval()
