@@ -167,6 +167,17 @@ def test_log_probs_use_the_sampling_temperature(assets):
     assert got.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_sampler_draws_from_softmax_at_the_temperature(assets):
+    """Gumbel-max sampling is exact: first-token frequencies over 32000 draws match softmax(z / tau)."""
+    lm, tok = assets.policy, assets.tok
+    q, m = policy.encode_prompts(tok, ["The movie was"] * 32000, 64, 1)
+    s = policy.sample(lm, q, m, 1, tok.eos_token_id, tok.pad_token_id, 0.7, torch.Generator().manual_seed(5))
+    freq = torch.bincount(s.response[:, 0], minlength=len(tok)).float() / 32000
+    probs = torch.softmax(lm(input_ids=q[:1], attention_mask=m[:1]).logits[0, -1] / 0.7, -1)
+    tv = 0.5 * (freq[:len(probs)] - probs).abs().sum().item()
+    assert tv < 0.03, tv                               # torch.multinomial's own draws give 0.020 here
+
+
 def test_response_mask_ends_after_the_end_token():
     eos, pad = 5, 6
     resp = torch.tensor([[1, 2, eos, 3, 4], [1, 2, 3, 4, 1], [eos, 1, 1, 1, 1]])
