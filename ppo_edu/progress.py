@@ -13,4 +13,4 @@ def progress(total: int, enabled: bool, desc: str | None = None, unit: str = "st
         from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, smoothing=0.1,
-                mininterval=0.5)
+                mininterval=1.0)

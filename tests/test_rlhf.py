@@ -181,7 +181,7 @@ def test_sampler_draws_from_softmax_at_the_temperature(assets):
 def test_response_mask_ends_after_the_end_token():
     eos, pad = 5, 6
     resp = torch.tensor([[1, 2, eos, 3, 4], [1, 2, 3, 4, 1], [eos, 1, 1, 1, 1]])
-    mask = policy._response_mask(resp, eos, pad)
+    mask = policy.response_mask(resp, eos, pad)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-__all__ = ["OPENINGS", "EOS", "PAD", "generate_reviews", "review_prompts", "train_tokenizer", "load_tokenizer"]
+__all__ = ["OPENINGS", "EOS", "PAD", "generate_reviews", "review_prompts", "train_tokenizer", "load_tokenizer",
+           "check_tokenizer"]
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 

@@ -131,8 +131,10 @@ class GRPO:
             order = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(self.seed + self.iteration))
             for k in range(cfg.minibatches):
                 idx = order[k * size:(k + 1) * size].to(self.device)
-                info = self._minibatch(s.index(idx), mask[idx], None if logp_old is None else logp_old[idx],
-                                       ref_logp[idx], adv[idx])
+                mb = trim(s.index(idx))                                # (b, w): only this minibatch's width
+                w = mb.response.shape[1]
+                info = self._minibatch(mb, mask[idx, :w], None if logp_old is None else logp_old[idx, :w],
+                                       ref_logp[idx, :w], adv[idx])
                 for key, v in info.items():
                     sums[key] = sums.get(key, 0.0) + v
                 n += 1

@@ -38,9 +38,9 @@ from .reward import (gold_scores, label_pairs, new_reward_model, normalize_rewar
                      reward_scores, train_reward_model)
 
 __all__ = ["ASSET_VERSION", "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
-           "RewardModelScorer", "evaluate_policy", "run_pipeline"]
+           "RewardModelScorer", "decode", "evaluate_policy", "run_pipeline"]
 
-ASSET_VERSION = 1
+ASSET_VERSION = 2  # 2: Gumbel-max sampling of the preference pairs; reward-model init seeded
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,8 @@ def _build_rm(out: Path, a: Assets, seed: int, progress_bar: bool, device, max_n
         torch.cat([p.gold_chosen for p in pairs_parts]), torch.cat([p.gold_rejected for p in pairs_parts]))
     n_train = int(0.8 * len(pairs))
     train, held = pairs.split(n_train)
+    torch.manual_seed(seed)                                           # the score head's initial weights
     rm = new_reward_model(a.policy).to(device)
-    torch.manual_seed(seed)
     losses = train_reward_model(rm, train, size.rm_epochs, size.rm_lr, seed=seed, progress_bar=progress_bar)
     ref = _samples(a.policy, a.tok, a.prompts, 512, max_new_tokens, seed + 13, device)
     mean, std = normalize_reward_model(rm, _pad_cat([s.input_ids for s in ref], pad),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Samples", "PolicyWithValue", "Critic", "encode_prompts", "sample", "position_ids",
+__all__ = ["Samples", "PolicyWithValue", "Critic", "encode_prompts", "sample", "position_ids", "response_mask",
            "response_logprobs", "trunk"]
 
 
@@ -101,11 +101,11 @@ def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens:
         out = body(input_ids=nxt[:, None], attention_mask=mask[:, :P + t + 1], position_ids=pos,
                    past_key_values=out.past_key_values, use_cache=True)
         h = out.last_hidden_state[:, -1]
-    response_mask = _response_mask(response, eos_id, pad_id)
-    return Samples(query, query_mask, response, response_mask, (response == eos_id).any(dim=1))
+    return Samples(query, query_mask, response, response_mask(response, eos_id, pad_id),
+                   (response == eos_id).any(dim=1))
 
 
-def _response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
     """1 for every token up to and including the first end token (pad ids that were sampled stay real)."""
     is_eos = (response == eos_id).long()
     after_eos = (is_eos.cumsum(1) - is_eos) > 0                      # strictly after the first eos

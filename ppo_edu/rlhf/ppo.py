@@ -176,9 +176,12 @@ class PromptSampler:
 
 
 def trim(s: Samples) -> Samples:
-    """Drop response columns that are padding in every row (saves compute when all samples end early)."""
+    """Drop columns that are padding in every row: the prompts' common left padding and the responses'
+    common right padding (a minibatch of short samples then costs less; results are unchanged)."""
     width = max(1, int(s.response_mask.sum(1).max()))
-    return Samples(s.query, s.query_mask, s.response[:, :width], s.response_mask[:, :width], s.ended)
+    keep = int(s.query_mask.sum(1).max())
+    return Samples(s.query[:, -keep:], s.query_mask[:, -keep:], s.response[:, :width], s.response_mask[:, :width],
+                   s.ended)
 
 
 class PPORLHF:
@@ -259,8 +262,10 @@ class PPORLHF:
                 else torch.randperm(B, generator=self.gen)
             for k in range(cfg.minibatches):
                 idx = order[k * size:(k + 1) * size]
-                info = self._minibatch(s.index(idx), mask[idx].bool(), logp_old[idx], values_old[idx], adv[idx],
-                                       returns[idx])
+                mb = trim(s.index(idx))                                # (b, w): only this minibatch's width
+                w = mb.response.shape[1]
+                info = self._minibatch(mb, mask[idx, :w].bool(), logp_old[idx, :w], values_old[idx, :w],
+                                       adv[idx, :w], returns[idx, :w])
                 for key, v in info.items():
                     sums[key] = sums.get(key, 0.0) + v
                 n += 1
