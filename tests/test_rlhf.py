@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ppo_edu.rlhf import data, grpo, memory, pipeline, policy, ppo, reward
+from ppo_edu.rlhf import data, memory, pipeline, policy, reward
 from ppo_edu.rlhf.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss
 from ppo_edu.rlhf.ppo import (AdaptiveKLController, PPORLHF, RLHFConfig, masked_whiten, shaped_rewards,
                               token_gae)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs, sample
-from .ppo import PromptSampler, _require, check_scores, trim
+from .ppo import PromptSampler, _require, check_scores, run_steps, trim
 
 __all__ = ["GRPOConfig", "group_advantages", "grpo_loss", "GRPO"]
 
@@ -164,17 +163,4 @@ class GRPO:
 
     def train(self, steps: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True) -> list[dict]:
         """Run ``steps`` GRPO steps; ``callback(stats)`` after each; returns all stats."""
-        from ..progress import progress
-
-        history = []
-        with progress(steps, progress_bar and self.dist.is_main, desc="GRPO", unit="step") as bar:
-            for _ in range(steps):
-                stats = self.step()
-                if not math.isfinite(stats["loss"]):
-                    raise FloatingPointError(f"GRPO step {stats['iteration']}: loss is {stats['loss']}")
-                if callback is not None:
-                    callback(stats)
-                history.append(stats)
-                bar.update(1)
-                bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
-        return history
+        return run_steps(self, steps, callback, progress_bar, "GRPO", "step", "loss")

@@ -300,17 +300,23 @@ class PPORLHF:
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,
               progress_bar: bool = True) -> list[dict]:
         """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats."""
-        from ..progress import progress
+        return run_steps(self, iterations, callback, progress_bar, "PPO-RLHF", "it", "kl")
 
-        history = []
-        with progress(iterations, progress_bar and self.dist.is_main, desc="PPO-RLHF", unit="it") as bar:
-            for _ in range(iterations):
-                stats = self.step()
-                if not math.isfinite(stats["kl"]):
-                    raise FloatingPointError(f"iteration {stats['iteration']}: KL is {stats['kl']}")
-                if callback is not None:
-                    callback(stats)
-                history.append(stats)
-                bar.update(1)
-                bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
-        return history
+
+def run_steps(trainer, n: int, callback, progress_bar: bool, desc: str, unit: str, finite_key: str) -> list[dict]:
+    """``n`` calls of ``trainer.step()`` with a progress bar (rank 0 only), stopping on a non-finite
+    ``stats[finite_key]``; ``callback(stats)`` after each step. Shared by PPO-RLHF and GRPO."""
+    from ..progress import progress
+
+    history = []
+    with progress(n, progress_bar and trainer.dist.is_main, desc=desc, unit=unit) as bar:
+        for _ in range(n):
+            stats = trainer.step()
+            if not math.isfinite(stats[finite_key]):
+                raise FloatingPointError(f"{desc} iteration {stats['iteration']}: {finite_key} is {stats[finite_key]}")
+            if callback is not None:
+                callback(stats)
+            history.append(stats)
+            bar.update(1)
+            bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
+    return history
