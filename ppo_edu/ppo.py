@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import gymnasium as gym
@@ -19,7 +19,7 @@ import torch
 from . import checkpoint, distributed
 from .fastmlp import Adam, FlatParams, NumpyActorCritic
 from .gae import compute_gae
-from .losses import clipped_surrogate_loss, entropy_bonus, normalize_advantages, value_loss
+from .losses import clipped_surrogate_loss, entropy_bonus, value_loss
 from .networks import ActorCritic
 from .normalization import RewardScaler, RunningMeanStd
 from .progress import progress as _progress
