@@ -239,6 +239,27 @@ def test_a_few_grpo_steps_raise_the_reward(assets):
     assert last > first + 0.3, (first, last)
 
 
+def test_grpo_with_several_minibatches_uses_the_rollout_policy_as_pi_old(assets):
+    """After the first minibatch's update the policy has moved, so later minibatches need pi_old's
+    log-probs from before the update: their ratios then differ from 1 and clipping can act."""
+    cfg = pipeline.PRESETS["micro"].grpo.replace(minibatches=4, lr=1e-2)
+    t = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model),
+             cfg, ref=assets.policy, seed=0)
+    seen = []
+    orig = t._minibatch
+
+    def spy(s, mask, logp_old, ref_logp, adv):
+        with torch.no_grad():
+            now = policy.response_logprobs(t.model, s)["logp"]
+        seen.append(None if logp_old is None else ((now - logp_old).abs() * mask).max().item())
+        return orig(s, mask, logp_old, ref_logp, adv)
+
+    t._minibatch = spy
+    t.step()
+    assert len(seen) == 4 and None not in seen
+    assert seen[0] < 1e-4 and min(seen[1:]) > 1e-3     # the first sees pi_old itself, later ones a moved policy
+
+
 def test_ppo_is_deterministic_under_a_seed(assets):
     a, b = _ppo(assets).train(2, progress_bar=False), _ppo(assets).train(2, progress_bar=False)
     keys = ("score", "kl", "policy_loss", "value_loss", "entropy")

@@ -38,7 +38,7 @@ class GRPOConfig:
     group_size: int = 4             #: samples per prompt (G); prompts_per_step * G samples per step
     max_new_tokens: int = 24        #: response length limit
     temperature: float = 1.0        #: sampling temperature, also used in every log-prob
-    epochs: int = 1                 #: passes over each batch (1: ratio is 1, clipping inactive)
+    epochs: int = 1                 #: passes over each batch (1 with 1 minibatch: ratio is 1, clipping inactive)
     minibatches: int = 1            #: minibatches per epoch
     lr: float = 3e-4                #: Adam learning rate
     clip_eps: float = 0.2           #: policy ratio clip
@@ -122,7 +122,9 @@ class GRPO:
             raw = check_scores(self.reward_fn(s), len(mask))
             adv = group_advantages(raw - cfg.missing_eos_penalty * (~s.ended).float(), cfg.group_size)
             ref_logp = response_logprobs(self.ref, s, cfg.temperature)["logp"]
-            logp_old = response_logprobs(self.model, s, cfg.temperature)["logp"] if cfg.epochs > 1 else None
+            # pi_old is needed once any update precedes a minibatch (several epochs or minibatches)
+            several = cfg.epochs * cfg.minibatches > 1
+            logp_old = response_logprobs(self.model, s, cfg.temperature)["logp"] if several else None
         t_score = time.perf_counter()
         # --- update
         sums, n, size = {}, 0, cfg.batch_size // cfg.minibatches

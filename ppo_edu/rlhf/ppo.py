@@ -8,7 +8,8 @@ per-token rewards with a KL penalty to the frozen reference (eq. 10.1)::
 
 then GAE over tokens (gamma = 1), whitened advantages, and several epochs of clipped policy and
 value minibatch updates. ``beta`` is fixed or adapted toward a target KL (Ziegler et al. 2019,
-eq. 10.2): ``beta <- beta * (1 + K * clip((KL - target) / target, -0.2, 0.2) * n / horizon)``.
+eq. 10.2): ``beta <- beta * (1 + clip((KL - target) / target, -0.2, 0.2) * n / horizon)``, for a batch
+of n samples (the paper's gain K_beta is folded into the horizon).
 
 Details from "The N Implementation Details of RLHF with PPO" (Huang et al. 2024) and TRL:
 dropout off; log-probs at the sampling temperature; plain sampling; left padding with position
