@@ -15,7 +15,6 @@ Means run over all real tokens of the batch (token-level averaging).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs, sample
-from .ppo import PromptSampler, _require, check_scores, run_steps, trim
+from .ppo import _require, check_scores, probe_reward_fn, run_steps, setup_lm_trainer, trim
 
 __all__ = ["GRPOConfig", "group_advantages", "grpo_loss", "GRPO"]
 
@@ -94,20 +93,10 @@ class GRPO:
     def __init__(self, policy, tok, prompts: list[str], reward_fn: Callable[[Samples], torch.Tensor],
                  config: GRPOConfig | None = None, ref=None, seed: int = 0):
         self.cfg = cfg = config or GRPOConfig()
-        self.reward_fn, self.seed = reward_fn, seed
-        self.device = next(policy.parameters()).device
-        self.dist = distributed.info()          # under torchrun: own prompts and samples per rank, mean gradients
-        rank_seed = seed + 1000 * self.dist.rank
-        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, rank_seed,
-                                     self.device)
-        self.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-        self.model = policy.requires_grad_(True).eval()  # eval: no dropout
+        setup_lm_trainer(self, policy, tok, prompts, reward_fn, ref, seed)
+        self.model = policy.eval()                                    # eval: no dropout
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
-        self.gen = torch.Generator(device=self.device).manual_seed(rank_seed)
-        self.iteration = 0
-        q, m = self.prompts.draw(2)                                   # fail early on a broken reward_fn
-        check_scores(reward_fn(sample(self.model, q, m, 2, self.prompts.eos_id, self.prompts.pad_id,
-                                      cfg.temperature, torch.Generator(device=self.device).manual_seed(seed + 1))), 2)
+        probe_reward_fn(self)
 
     def step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()

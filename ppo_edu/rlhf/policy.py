@@ -130,15 +130,21 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
     return out
 
 
+def zero_head(width: int) -> nn.Linear:
+    """A scalar value head initialised to zero: V = 0 everywhere before training."""
+    head = nn.Linear(width, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class PolicyWithValue(nn.Module):
     """A causal LM and a zero-initialised scalar value head on its last hidden state (shared trunk)."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
-        self.value_head = nn.Linear(lm.config.n_embd, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_head(lm.config.n_embd)
 
     @property
     def transformer(self):
@@ -159,9 +165,7 @@ class Critic(nn.Module):
     def __init__(self, body: nn.Module):
         super().__init__()
         self.transformer = body
-        self.value_head = nn.Linear(body.config.n_embd, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_head(body.config.n_embd)
 
     def forward(self, s: Samples) -> torch.Tensor:
         P, mask = s.query.shape[1], s.attention_mask

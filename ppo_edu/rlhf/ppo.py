@@ -185,6 +185,29 @@ def trim(s: Samples) -> Samples:
                    s.ended)
 
 
+def setup_lm_trainer(trainer, policy, tok, prompts, reward_fn, ref, seed: int) -> None:
+    """What PPO-RLHF and GRPO share: device, rank, seeded prompt sampler and sampling generator,
+    a frozen reference (a copy of ``policy`` unless given), and ``policy`` set trainable."""
+    trainer.reward_fn, trainer.seed = reward_fn, seed
+    trainer.device = next(policy.parameters()).device
+    trainer.dist = distributed.info()       # under torchrun: own prompts and samples per rank, mean gradients
+    rank_seed = seed + 1000 * trainer.dist.rank
+    trainer.prompts = PromptSampler(tok, prompts, policy.config.n_positions, trainer.cfg.max_new_tokens, rank_seed,
+                                    trainer.device)
+    trainer.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
+    policy.requires_grad_(True)
+    trainer.gen = torch.Generator(device=trainer.device).manual_seed(rank_seed)
+    trainer.iteration = 0
+
+
+def probe_reward_fn(trainer) -> None:
+    """Call reward_fn on two short samples now, so a broken one fails before any training."""
+    q, m = trainer.prompts.draw(2)
+    s = sample(trainer.model, q, m, 2, trainer.prompts.eos_id, trainer.prompts.pad_id, trainer.cfg.temperature,
+               torch.Generator(device=trainer.device).manual_seed(trainer.seed + 1))
+    check_scores(trainer.reward_fn(s), 2)
+
+
 class PPORLHF:
     """PPO on a causal LM with a KL penalty to a frozen reference (Chapter 10).
 
@@ -194,30 +217,18 @@ class PPORLHF:
     def __init__(self, policy, tok, prompts: list[str], reward_fn: Callable[[Samples], torch.Tensor],
                  config: RLHFConfig | None = None, ref=None, seed: int = 0):
         self.cfg = cfg = config or RLHFConfig()
-        self.tok, self.reward_fn, self.seed = tok, reward_fn, seed
-        self.device = next(policy.parameters()).device
-        self.dist = distributed.info()          # under torchrun: own prompts and samples per rank, mean gradients
-        rank_seed = seed + 1000 * self.dist.rank
-        self.prompts = PromptSampler(tok, prompts, policy.config.n_positions, cfg.max_new_tokens, rank_seed,
-                                     self.device)
-        self.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-        self.model = PolicyWithValue(policy.requires_grad_(True)).to(self.device).eval()  # eval: no dropout
-        self.critic = Critic(copy.deepcopy(policy.transformer)).to(self.device).eval() \
-            if cfg.critic == "separate" else None
-        params = list(self.model.parameters()) + (list(self.critic.parameters()) if self.critic else [])
+        self.tok = tok
+        setup_lm_trainer(self, policy, tok, prompts, reward_fn, ref, seed)
+        self.model = PolicyWithValue(policy).to(self.device).eval()  # eval: no dropout
+        if cfg.critic == "separate":                  # the critic's own head; the shared one stays untrained
+            self.critic = Critic(copy.deepcopy(policy.transformer)).to(self.device).eval()
+            params = list(policy.parameters()) + list(self.critic.parameters())
+        else:
+            self.critic, params = None, list(self.model.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl \
             else FixedKLController(cfg.kl_coef)
-        self.gen = torch.Generator(device=self.device).manual_seed(rank_seed)
-        self.iteration = 0
-        self._probe_reward_fn()
-
-    def _probe_reward_fn(self) -> None:
-        """Call reward_fn on two short samples now, so a broken one fails before any training."""
-        q, m = self.prompts.draw(2)
-        s = sample(self.model, q, m, 2, self.prompts.eos_id, self.prompts.pad_id, self.cfg.temperature,
-                   torch.Generator(device=self.device).manual_seed(self.seed + 1))
-        check_scores(self.reward_fn(s), 2)
+        probe_reward_fn(self)
 
     # ------------------------------------------------------------ one iteration
     def step(self) -> dict:
@@ -284,8 +295,9 @@ class PPORLHF:
                                      f"(policy {pg_loss.item()}, value {vf_loss.item()})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_grads_(self.optimizer.param_groups[0]["params"])  # data-parallel: mean over ranks
-        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.max_grad_norm)
+        params = self.optimizer.param_groups[0]["params"]
+        distributed.average_grads_(params)                             # data-parallel: mean over ranks
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         self.optimizer.step()
         return {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                 "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
