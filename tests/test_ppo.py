@@ -122,8 +122,9 @@ def test_save_load_round_trip_with_normalisation(tmp_path):
 def test_loaded_agent_keeps_training(tmp_path):
     agent = PPO("CartPole-v1", SMALL, seed=0).learn(256)
     agent.save(tmp_path / "a.pt")
-    loaded = PPO.load(tmp_path / "a.pt").learn(256)
+    loaded = PPO.load(tmp_path / "a.pt").learn(256, reset_num_timesteps=False)
     assert loaded.num_timesteps == 512
+    assert PPO.load(tmp_path / "a.pt").learn(256).num_timesteps == 256  # SB3's default restarts the count
 
 
 def test_missing_and_truncated_checkpoints(tmp_path):
@@ -188,10 +189,32 @@ class NaNReward(gym.Env):
         return np.zeros(2, np.float32), float("nan"), False, False, {}
 
 
+class HugeReward(NaNReward):
+    def step(self, action):
+        return np.zeros(2, np.float32), 3e38, False, False, {}  # finite, but its returns overflow float32
+
+
 def test_nan_in_a_loss_stops_training_with_a_message():
-    env = gym.vector.SyncVectorEnv([NaNReward, NaNReward])
-    with pytest.raises(FloatingPointError, match=r"update 1: (policy|value)_loss is nan"):
+    env = gym.vector.SyncVectorEnv([HugeReward, HugeReward])
+    with pytest.raises(FloatingPointError, match=r"update 1: (policy|value)_loss is (nan|inf)"):
         PPO(env, SMALL).learn(256)
+
+
+class NaNObs(NaNReward):
+    def step(self, action):
+        return np.array([0.0, np.inf], np.float32), 1.0, False, False, {}
+
+
+@pytest.mark.parametrize("env_cls,what", [(NaNReward, "reward"), (NaNObs, "observation")])
+@pytest.mark.parametrize("norm", [False, True])
+def test_non_finite_env_output_is_blamed_on_the_env_before_any_update(env_cls, what, norm):
+    env = gym.vector.SyncVectorEnv([env_cls, env_cls])
+    agent = PPO(env, SMALL.replace(norm_obs=norm, norm_reward=norm))
+    before = agent.flat.data.copy()
+    with pytest.raises(FloatingPointError, match=f"update 1: the environment 'SyncVectorEnv' returned a "
+                                                 f"non-finite {what}"):
+        agent.learn(256)
+    np.testing.assert_array_equal(agent.flat.data, before)  # nothing learned from it
 
 
 # ---------------------------------------------------------------------------- predict
@@ -220,7 +243,9 @@ def test_cli_train_writes_a_run_folder_and_eval_reloads_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "1024", "--out", str(out), "--no-progress",
                  "--n-epochs", "2", "--eval-episodes", "3"]) == 0
-    assert sorted(os.listdir(out)) == ["config.json", "eval.json", "learning_curve.png", "metrics.csv", "model.pt"]
+    assert sorted(os.listdir(out)) == ["config.json", "eval.json", "learning_curve.png", "metrics.csv", "model.pt",
+                                       "status.json"]
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
     printed = capsys.readouterr().out
     assert "greedy evaluation over 3 episodes" in printed
     header = (out / "metrics.csv").read_text().splitlines()
