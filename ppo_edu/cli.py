@@ -301,7 +301,9 @@ def _plan_new(args, check_folder: bool = True) -> _Plan:
     return _Plan(args.env_id, args.seed, config, args.timesteps or default_steps, out)
 
 
-def _refuse_existing_run(out: Path, overwrite: bool) -> None:
+def _refuse_existing_run(out: Path, overwrite: bool, holding_lock: bool = False) -> None:
+    if not holding_lock:
+        RunLock(out).check_free()
     existing = holds_run(out)
     if existing and not overwrite:
         raise opt.OptionError(f"--out {str(out)!r} already holds a run ({', '.join(existing)}): pass --overwrite "
@@ -328,6 +330,7 @@ def _plan_resume(args) -> _Plan:
     if given or (args.out and Path(args.out) != folder):
         raise opt.OptionError(f"--resume continues the run with its own config and folder: drop "
                               f"{', '.join('--' + g.replace('_', '-') for g in given) or '--out'}")
+    RunLock(folder).check_free()
     meta = _read_run_config(folder)
     if args.env_id not in (None, meta["env_id"]):
         raise opt.OptionError(f"ENV_ID {args.env_id!r} differs from the run's {meta['env_id']!r}: drop it")
@@ -395,7 +398,7 @@ def _start_folder(args, plan: _Plan, world_size: int) -> MetricsWriter:
     if plan.agent is not None:
         print(f"resuming {plan.env_id} from {plan.agent.num_timesteps} of {plan.timesteps} steps -> {out}", flush=True)
         return MetricsWriter(out / "metrics.csv", keep_updates=plan.agent.n_updates)
-    _refuse_existing_run(out, args.overwrite)  # again: another run may have finished in between
+    _refuse_existing_run(out, args.overwrite, holding_lock=True)  # again: a run may have finished in between
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     meta = {"env_id": plan.env_id, "seed": plan.seed, "total_timesteps": plan.timesteps, "processes": world_size,
@@ -446,7 +449,8 @@ def _finish(args, plan: _Plan, agent: PPO, counts: dict) -> int:
                                                      "std_return": std, "deterministic": True}, indent=2))
     write_status(out, "finished", **counts)
     last = agent.history[-1]
-    print(f"trained {agent.num_timesteps} steps in {last['wall_time']:.1f} s")
+    resumed = " since the resume" if plan.agent is not None else ""
+    print(f"trained {agent.num_timesteps} steps in {last['wall_time']:.1f} s{resumed}")
     print(f"greedy evaluation over {args.eval_episodes} episodes: {mean:.1f} +- {std:.1f}")
     print(f"run folder: {out}")
     return 0

@@ -89,8 +89,8 @@ def layer_sizes(max_size: int = 4096, max_layers: int = 16):
     def parse(text: str) -> tuple[int, ...]:
         parts = [p.strip() for p in text.strip().strip("[]()").split(",") if p.strip()]
         try:
-            sizes = tuple(int(p) for p in parts)
-        except ValueError:
+            sizes = tuple(_int(p) for p in parts)
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers: allowed values are "
                                              f"{allowed}") from None
         if not 1 <= len(sizes) <= max_layers or not all(1 <= s <= max_size for s in sizes):
@@ -118,11 +118,18 @@ def check_device(device: str) -> str:
 
 
 def _writable(path: Path) -> bool:
-    """Whether ``path`` (a folder, existing or not) could be created and written."""
+    """Whether ``path`` (a folder, existing or not) could be created and written: a probe file in
+    its nearest existing folder, deleted at once (``os.access`` says yes to root on a read-only disk)."""
+    import tempfile
+
     p = path.absolute()
     while not p.exists():
         p = p.parent
-    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            return True
+    except OSError:
+        return False
 
 
 def check_out_dir(path: str | Path, option: str = "--out") -> Path:

@@ -66,6 +66,12 @@ class RunLock:
         self.fd = fd
         return self
 
+    def check_free(self) -> None:
+        """Raise :class:`FolderInUse` if a live run holds the folder (takes and drops the lock)."""
+        if self.path.exists():
+            with self:
+                pass
+
     def _enter_exclusive(self) -> "RunLock":
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
