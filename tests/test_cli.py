@@ -135,6 +135,8 @@ def test_an_existing_run_is_refused_unless_overwrite(tmp_path, capsys):
     assert _run(tmp_path, "--seed", "1") == 2
     _one_line_error(capsys, "already holds a run", "--overwrite", "--resume")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _code(["train", "CartPole-v1", "--out", str(out), "--overwrite", "--hidden", "[1e9]"]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # a refused --overwrite deletes nothing
     # --overwrite replaces every file: a failing new run leaves no old eval.json beside it
     args = build_parser().parse_args(["train", "CartPole-v1", "--timesteps", "1024", "--out", str(out),
                                       "--overwrite", *FAST])
