@@ -171,10 +171,9 @@ def test_files_follow_the_umask(tmp_path):
         assert p.stat().st_mode & 0o777 == 0o640, p.name
 
 
-def _interrupt_at(update, signum=signal.SIGINT, rows_seen=None):
+def _interrupt_at(update, signum, out, rows_seen):
     def cb(agent, row):
-        if rows_seen is not None:  # metrics.csv is written as training goes
-            rows_seen.append(len(Path(agent._out, "metrics.csv").read_text().splitlines()) - 1)
+        rows_seen.append(len((out / "metrics.csv").read_text().splitlines()) - 1)  # written as training goes
         if agent.n_updates == update:
             os.kill(os.getpid(), signum)
     return cb
@@ -188,11 +187,7 @@ def test_a_signal_finishes_the_update_saves_and_resume_ends_with_the_same_weight
     (tmp_path / "cut").mkdir()
     (out / ".model.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # left by a SIGKILLed save
     seen = []
-    PPO._out = out  # let the callback find the folder
-    try:
-        code = train(build_parser().parse_args([*argv, "--out", str(out)]), _interrupt_at(4, signum, seen))
-    finally:
-        del PPO._out
+    code = train(build_parser().parse_args([*argv, "--out", str(out)]), _interrupt_at(4, signum, out, seen))
     assert code == 128 + signum
     assert seen == [1, 2, 3, 4]
     status = json.loads((out / "status.json").read_text())

@@ -45,7 +45,8 @@ from .ppo import PPORLHF, RLHFConfig
 from .reward import (gold_scores, label_pairs, new_reward_model, normalize_reward_model, pair_accuracy,
                      reward_scores, train_reward_model)
 
-__all__ = ["ASSET_VERSION", "CacheError", "verify_stage", "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
+__all__ = ["ASSET_VERSION", "CacheError", "verify_stage",
+           "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
            "RewardModelScorer", "decode", "evaluate_policy", "run_pipeline"]
 
 ASSET_VERSION = 2  # 2: Gumbel-max sampling of the preference pairs; reward-model init seeded
