@@ -414,12 +414,16 @@ def _train_in_folder(args, plan: _Plan, agent: PPO, world_size: int, stop: _Stop
     metrics = _start_folder(args, plan, world_size)
     counts = lambda: {"num_timesteps": agent.num_timesteps, "n_updates": agent.n_updates,  # noqa: E731
                       "total_timesteps": plan.timesteps}
-    write_status(out, "running", **counts())
+    # what model.pt holds: a resumed run's starting point, then each --save-every checkpoint
+    saved = {"checkpoint": {k: counts()[k] for k in ("num_timesteps", "n_updates")} if plan.agent else None}
+    write_status(out, "running", **saved, **counts())
 
     def callback(a, row):
         metrics.write(row)
         if args.save_every and a.n_updates % args.save_every == 0:
             a.save(out / "model.pt")
+            saved["checkpoint"] = {k: counts()[k] for k in ("num_timesteps", "n_updates")}
+            write_status(out, "running", **saved, **counts())  # a SIGKILL leaves a true status
         result = None if extra_callback is None else extra_callback(a, row)
         return False if stop.signum is not None else result
 
@@ -427,8 +431,7 @@ def _train_in_folder(args, plan: _Plan, agent: PPO, world_size: int, stop: _Stop
         agent.learn(plan.timesteps - agent.num_timesteps, callback=callback, progress_bar=args.progress,
                     reset_num_timesteps=plan.agent is None)
     except BaseException as err:
-        saved = "model.pt holds the last --save-every checkpoint" if args.save_every else "no checkpoint was saved"
-        write_status(out, "failed", error=f"{type(err).__name__}: {err}", note=saved, **counts())
+        write_status(out, "failed", error=f"{type(err).__name__}: {err}", **saved, **counts())
         raise
     agent.save(out / "model.pt")
     from .plotting import save_run_plot

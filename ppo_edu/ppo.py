@@ -520,10 +520,16 @@ class PPO:
             raise bad(f"num_timesteps={state['num_timesteps']!r} is not an integer") from None
         agent.history = list(state.get("history") or [])
         resume = state.get("resume") or {}
-        if "rng" in resume:
-            agent.rng.bit_generator.state = resume["rng"]
-        if "collector" in resume and env == state["env_id"]:
-            agent._restore_collector(resume["collector"])
+        try:
+            if "rng" in resume:
+                agent.rng.bit_generator.state = resume["rng"]
+            if "collector" in resume and env == state["env_id"]:
+                agent._restore_collector(resume["collector"])
+        except checkpoint.CheckpointError as err:
+            raise bad(f"its environment state does not fit: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise bad(f"its resume state (random streams, environments) is damaged: {type(err).__name__}: {err}") \
+                from None
         return agent
 
     def _load_statistics(self, state: dict, bad) -> None:

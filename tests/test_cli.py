@@ -217,6 +217,9 @@ def test_resume_redoes_the_updates_after_the_last_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(build_parser().parse_args(argv), kill)
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 5
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and status["n_updates"] == 5
+    assert status["checkpoint"] == {"num_timesteps": 4 * 256, "n_updates": 4}  # what model.pt holds
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 9)]

@@ -313,6 +313,8 @@ def _damaged(tmp_path, change):
     (lambda s: s["obs_rms"].update(var=torch.full((4,), float("nan"))), "obs_rms.var contain NaN"),
     (lambda s: next(iter(s["model"].values())).fill_(float("nan")), "weights contain NaN"),
     (lambda s: s.update(num_timesteps="many"), "num_timesteps='many' is not an integer"),
+    (lambda s: s["resume"]["collector"].pop("ep_ret"), "resume state .* is damaged: KeyError"),
+    (lambda s: s["resume"].update(rng={"bit_generator": "MT19937"}), "resume state .* is damaged"),
 ])
 def test_damaged_checkpoints_are_checkpoint_errors(tmp_path, capsys, change, match):
     bad = _damaged(tmp_path, change)
