@@ -114,6 +114,15 @@ def test_rlhf_cuda_without_a_gpu_and_folders_that_are_files(tmp_path, capsys):
     assert afile.read_text() == "keep me"
 
 
+def test_an_existing_rlhf_run_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    assert main(["rlhf", "--preset", "micro", "--out", str(out)]) == 2
+    _one_line_error(capsys, "already holds an RLHF run", "--overwrite")
+    assert (out / "summary.json").read_text() == "{}"
+
+
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs a read-only /proc")
 def test_unwritable_out_is_refused(capsys):
     assert main(["train", "CartPole-v1", "--out", "/proc/ppo-edu-run"]) == 2
