@@ -340,6 +340,9 @@ def _plan_resume(args) -> _Plan:
     agent = PPO.load(folder / "model.pt")
     if agent.config.to_dict() != meta["config"] or agent.env_id != meta["env_id"]:
         raise opt.OptionError(f"--resume: {str(folder / 'model.pt')!r} and config.json belong to different runs")
+    if agent._collector is None and agent.num_timesteps > 0:
+        opt.warn("ppo-edu train", f"warning: {folder / 'model.pt'} holds no environment state (written by an older "
+                                  "ppo_edu): the run continues from fresh episodes, not exactly where it stopped")
     timesteps = args.timesteps or meta["total_timesteps"]
     if agent.num_timesteps >= timesteps:
         raise opt.OptionError(f"--resume: the run already trained {agent.num_timesteps} of {timesteps} steps; pass "
