@@ -1,22 +1,34 @@
-"""The ``ppo-edu`` command: ``train``, ``eval``, and for teachers ``assign`` and ``grade``.
+"""The ``ppo-edu`` command: ``train``, ``eval``, ``rlhf``, and for teachers ``assign`` and ``grade``.
 
-A run folder holds ``config.json``, ``metrics.csv`` (one row per update),
-``learning_curve.png``, ``model.pt`` (the checkpoint) and ``eval.json``.
+A run folder holds ``config.json``, ``metrics.csv`` (one row per update, written as training
+goes), ``learning_curve.png``, ``model.pt`` (the checkpoint), ``eval.json`` and ``status.json``
+(running, finished, interrupted or failed, with the step count of ``model.pt``).
+
+Every option is checked (:mod:`ppo_edu.options`) before any work starts or any file is
+written; a bad value is one line on stderr and exit status 2. A folder that holds a run is
+refused unless ``--overwrite`` (replace it) or ``--resume`` (continue it), and is locked while
+a run owns it. Ctrl-C or SIGTERM finishes the current update, saves, and records the status;
+``ppo-edu train --resume RUN_DIR`` then continues exactly where the run stopped.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import inspect
 import json
+import math
 import os
 import platform
 import re
+import signal
 import sys
 from pathlib import Path
 
-from .ppo import PPO, PPOConfig, preset
+from . import options as opt
+from .checkpoint import atomic_write_text
+from .ppo import PPO, PRESETS, PPOConfig, preset
+from .runfolder import (RUN_FILES, FolderInUse, MetricsWriter, RunLock, clean_stray_tmp, holds_run,
+                        write_status)
 
 __all__ = ["main"]
 
@@ -39,38 +51,69 @@ def _parse_value(text: str):
         return text
 
 
+# bounds of the integer and number fields on the command line (the Python API checks only PPOConfig's)
+_FIELD_BOUNDS = {"n_envs": (1, 4096), "n_steps": (1, 1_000_000), "n_epochs": (1, 10_000),
+                 "n_minibatches": (1, 1_000_000), "threads": (1, os.cpu_count() or 1), "log_std_init": (-20.0, 5.0)}
+
+
+def _field_type(f: dataclasses.Field):
+    """The argparse ``type``/``action`` of one PPOConfig field, from its annotation."""
+    t = str(f.type).replace(" ", "")
+    if t == "bool":
+        return {"action": argparse.BooleanOptionalAction}
+    if t == "int":
+        return {"type": opt.integer(*_FIELD_BOUNDS.get(f.name, (1, None)))}
+    if t == "float":
+        return {"type": opt.number(*_FIELD_BOUNDS.get(f.name, (-math.inf, math.inf)))}
+    if t in ("float|None", "Optional[float]"):
+        return {"type": opt.optional_number}
+    if f.name == "hidden":
+        return {"type": opt.layer_sizes()}
+    return {"type": _parse_value}
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("PPOConfig fields (default: the env's tuned preset)")
     helps = _field_help()
     for f in dataclasses.fields(PPOConfig):
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", metavar="V",
-                           type=_parse_value, default=argparse.SUPPRESS,
-                           help=f"{helps.get(f.name, '')} [default {f.default!r}]")
+        kind = _field_type(f)
+        metavar = {} if "action" in kind else {"metavar": "V"}
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=argparse.SUPPRESS,
+                           help=f"{helps.get(f.name, '')} [default {f.default!r}]", **kind, **metavar)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ppo-edu", description="Train and evaluate PPO agents (ppo_edu).")
+    p = opt.Parser(prog="ppo-edu", description="Train and evaluate PPO agents (ppo_edu).")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an agent and write a run folder",
                        description="Train PPO on a gymnasium environment and write a run folder.")
-    t.add_argument("env_id", help="gymnasium environment id, e.g. CartPole-v1, Acrobot-v1, Pendulum-v1")
-    t.add_argument("--timesteps", type=int, default=None, help="environment steps (default: the preset's)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("env_id", nargs="?", help="gymnasium environment id, e.g. CartPole-v1, Acrobot-v1, Pendulum-v1")
+    t.add_argument("--timesteps", type=opt.integer(1, 10**9), default=None,
+                   help="environment steps, 1 to 1e9 (default: the preset's)")
+    t.add_argument("--seed", type=opt.integer(0, opt.SEED_MAX), default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="run folder (default runs/ENV_ID/seedSEED)")
-    t.add_argument("--eval-episodes", type=int, default=20, help="greedy evaluation episodes (default 20)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument("--save-every", type=int, default=0, metavar="UPDATES",
+    t.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace the run already in --out (default: refuse)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/model.pt, exactly (same config and seed)")
+    t.add_argument("--eval-episodes", type=opt.integer(1, 10_000), default=20,
+                   help="greedy evaluation episodes (default 20)")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar (default: yes)")
+    t.add_argument("--save-every", type=opt.integer(0, 10**9), default=0, metavar="UPDATES",
                    help="also write model.pt every this many updates (0: only at the end)")
-    t.add_argument("--nproc", type=int, default=1,
+    t.add_argument("--nproc", type=opt.integer(1, 64), default=1,
                    help="data-parallel processes: launches 'torchrun --nproc_per_node=NPROC -m ppo_edu.train' "
                         "(gloo on CPU, nccl on GPU); --timesteps counts all processes' steps")
     _add_config_options(t)
     e = sub.add_parser("eval", help="reload a run folder (or checkpoint) and evaluate it",
                        description="Reload a saved agent and report its mean return.")
     e.add_argument("run", help="run folder written by 'ppo-edu train', or a model.pt checkpoint")
-    e.add_argument("--episodes", type=int, default=20, help="evaluation episodes (default 20)")
-    e.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy action")
-    e.add_argument("--seed", type=int, default=10_000, help="evaluation seed (default 10000)")
+    e.add_argument("--episodes", type=opt.integer(1, 10_000), default=20, help="evaluation episodes (default 20)")
+    e.add_argument("--stochastic", action=argparse.BooleanOptionalAction, default=False,
+                   help="sample actions instead of the greedy action")
+    e.add_argument("--seed", type=opt.integer(0, opt.SEED_MAX), default=10_000,
+                   help="evaluation seed (default 10000)")
     a = sub.add_parser("assign", help="write the student version of a chapter",
                        description="Write the student version of a notebook: solutions replaced by "
                                    "'raise NotImplementedError', hidden tests removed, outputs cleared.")
@@ -95,18 +138,39 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model learned from simulated preferences, then run PPO-RLHF and GRPO, and write "
                                    "summary.json, ppo.csv, grpo.csv, samples.md and rlhf.png.")
     r.add_argument("--preset", default="cpu-tiny", help="micro | cpu-tiny | gpu-small (default cpu-tiny)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--seed", type=opt.integer(0, opt.SEED_MAX), default=0, help="random seed (default 0)")
     r.add_argument("--out", default=None, help="run folder (default runs/rlhf/PRESET-seedSEED)")
+    r.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace the run already in --out (default: refuse)")
     r.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda (default auto)")
-    r.add_argument("--ppo-iterations", type=int, default=None, help="PPO iterations (default: the preset's)")
-    r.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: the preset's)")
+    r.add_argument("--ppo-iterations", type=opt.integer(1, 100_000), default=None,
+                   help="PPO iterations (default: the preset's)")
+    r.add_argument("--grpo-steps", type=opt.integer(1, 100_000), default=None,
+                   help="GRPO steps (default: the preset's)")
     r.add_argument("--cache", default=None, help="asset cache folder (default $PPO_EDU_CACHE/rlhf or "
                                                  "~/.cache/ppo_edu/rlhf)")
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    r.add_argument("--nproc", type=int, default=1,
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show progress bars (default: yes)")
+    r.add_argument("--nproc", type=opt.integer(1, 64), default=1,
                    help="data-parallel processes: launches 'torchrun --nproc_per_node=NPROC -m ppo_edu.cli rlhf ...' "
                         "(gloo on CPU, nccl on GPU); each process samples its own batch")
     return p
+
+
+def _check_rlhf(args) -> Path:
+    """Every rlhf option, before the assets are built or loaded; returns the run folder."""
+    from .rlhf.pipeline import PRESETS as RLHF_PRESETS
+
+    if args.preset not in RLHF_PRESETS:
+        raise opt.OptionError(f"--preset {args.preset!r} is unknown: allowed values are {', '.join(RLHF_PRESETS)}")
+    opt.check_device(args.device)
+    if args.cache is not None:
+        opt.check_cache_dir(args.cache)
+    out = opt.check_out_dir(args.out or f"runs/rlhf/{args.preset}-seed{args.seed}")
+    if (out / "summary.json").exists() and not args.overwrite:
+        raise opt.OptionError(f"--out {str(out)!r} already holds an RLHF run (summary.json): pass --overwrite to "
+                              "replace it, or choose another --out")
+    return out
 
 
 def rlhf_cmd(args) -> int:
@@ -115,12 +179,19 @@ def rlhf_cmd(args) -> int:
     from . import distributed
     from .rlhf.pipeline import run_pipeline
 
+    out = _check_rlhf(args)
     dist = distributed.init()
     if dist.enabled and args.device == "auto" and torch.cuda.is_available():
         torch.cuda.set_device(dist.rank % torch.cuda.device_count())    # one GPU per process
-    out = Path(args.out or f"runs/rlhf/{args.preset}-seed{args.seed}")
-    s = run_pipeline(args.preset, out, seed=args.seed, progress_bar=not args.no_progress, device=args.device,
-                     ppo_iterations=args.ppo_iterations, grpo_steps=args.grpo_steps, cache_dir=args.cache)
+    lock = RunLock(out) if dist.is_main else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        s = run_pipeline(args.preset, out, seed=args.seed, progress_bar=args.progress, device=args.device,
+                         ppo_iterations=args.ppo_iterations, grpo_steps=args.grpo_steps, cache_dir=args.cache)
+    finally:
+        if lock is not None:
+            lock.__exit__()
     if not dist.is_main:
         distributed.shutdown()
         return 0
@@ -177,55 +248,218 @@ def launch_torchrun(argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd)
 
 
+# ---------------------------------------------------------------------------- train: checks
+@dataclasses.dataclass
+class _Plan:
+    """A checked training run: nothing has been written yet."""
+
+    env_id: str
+    seed: int
+    config: PPOConfig
+    timesteps: int
+    out: Path
+    agent: PPO | None = None  # the loaded agent of a resumed run
+
+
+def _env_dims(env_id: str) -> tuple[int, int]:
+    """(obs_dim, act_dim) of a registered env, without building a network."""
+    import gymnasium as gym
+    import numpy as np
+
+    from .rollout import make_vec_env
+
+    make_vec_env(env_id, 1).close()  # a clear ValueError for an unknown id
+    env = gym.make(env_id)
+    obs, act = env.observation_space, env.action_space
+    env.close()
+    act_dim = int(act.n) if isinstance(act, gym.spaces.Discrete) else int(np.prod(act.shape or (1,)))
+    return int(np.prod(obs.shape or (1,))), act_dim
+
+
+def _warn_far_from_presets(overrides: dict) -> None:
+    configs = [c for c, _ in PRESETS.values()] + [PPOConfig()]
+    for name, value in overrides.items():
+        message = opt.far_from_presets(name, value, [getattr(c, name, None) for c in configs])
+        if message:
+            opt.warn("ppo-edu train", message)
+
+
+def _plan_new(args, check_folder: bool = True) -> _Plan:
+    if args.env_id is None:
+        raise opt.OptionError("ppo-edu train needs ENV_ID (e.g. CartPole-v1) or --resume RUN_DIR")
+    base, default_steps = preset(args.env_id)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    config = base.replace(**overrides)
+    out = Path(args.out or os.path.join("runs", args.env_id, f"seed{args.seed}"))
+    if check_folder:  # rank 0's job under torchrun: the others would see its files
+        opt.check_out_dir(out)
+        _refuse_existing_run(out, args.overwrite)
+    obs_dim, act_dim = _env_dims(args.env_id)
+    opt.check_memory(opt.ppo_memory_bytes(config, obs_dim, act_dim), f"PPO on {args.env_id} with this config",
+                     "lower --hidden, --n-envs or --n-steps")
+    _warn_far_from_presets(overrides)
+    return _Plan(args.env_id, args.seed, config, args.timesteps or default_steps, out)
+
+
+def _refuse_existing_run(out: Path, overwrite: bool, holding_lock: bool = False) -> None:
+    if not holding_lock:
+        RunLock(out).check_free()
+    existing = holds_run(out)
+    if existing and not overwrite:
+        raise opt.OptionError(f"--out {str(out)!r} already holds a run ({', '.join(existing)}): pass --overwrite "
+                              f"to replace it, or --resume {out} to continue it")
+
+
+def _read_run_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+        meta["env_id"], meta["seed"], meta["total_timesteps"], meta["config"]  # noqa: B018 (the keys must exist)
+    except FileNotFoundError:
+        raise opt.OptionError(f"--resume {str(folder)!r} holds no config.json: it is not a run folder") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise opt.OptionError(f"--resume: {str(path)!r} is damaged ({type(err).__name__}: {err})") from None
+    return meta
+
+
+def _plan_resume(args) -> _Plan:
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise opt.OptionError(f"--resume {str(folder)!r} is not a folder: give the run folder of 'ppo-edu train'")
+    given = sorted(k[4:] for k in vars(args) if k.startswith("cfg_"))
+    if given or (args.out and Path(args.out) != folder):
+        raise opt.OptionError(f"--resume continues the run with its own config and folder: drop "
+                              f"{', '.join('--' + g.replace('_', '-') for g in given) or '--out'}")
+    RunLock(folder).check_free()
+    meta = _read_run_config(folder)
+    if args.env_id not in (None, meta["env_id"]):
+        raise opt.OptionError(f"ENV_ID {args.env_id!r} differs from the run's {meta['env_id']!r}: drop it")
+    if meta.get("processes", 1) > 1 or args.nproc > 1:
+        raise opt.OptionError("--resume supports single-process runs only (this one used --nproc "
+                              f"{max(meta.get('processes', 1), args.nproc)})")
+    agent = PPO.load(folder / "model.pt")
+    if agent.config.to_dict() != meta["config"] or agent.env_id != meta["env_id"]:
+        raise opt.OptionError(f"--resume: {str(folder / 'model.pt')!r} and config.json belong to different runs")
+    if agent._collector is None and agent.num_timesteps > 0:
+        opt.warn("ppo-edu train", f"warning: {folder / 'model.pt'} holds no environment state (written by an older "
+                                  "ppo_edu): the run continues from fresh episodes, not exactly where it stopped")
+    timesteps = args.timesteps or meta["total_timesteps"]
+    if agent.num_timesteps >= timesteps:
+        raise opt.OptionError(f"--resume: the run already trained {agent.num_timesteps} of {timesteps} steps; pass "
+                              "--timesteps with a larger total to train on")
+    return _Plan(meta["env_id"], meta["seed"], agent.config, timesteps, folder, agent)
+
+
+# ---------------------------------------------------------------------------- train: the run
+class _StopOnSignal:
+    """SIGINT / SIGTERM set ``signum`` instead of killing the run, so the current update finishes
+    and the run saves; a second Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self, enabled: bool):
+        self.signum, self.enabled, self.saved = None, enabled, {}
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT == signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this update, then saving (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if self.enabled:
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.saved[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they were
+                self.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
 def train(args, extra_callback=None) -> int:
     from . import distributed
 
     dist = distributed.info()
-    main_rank = dist.is_main
-    base, default_steps = preset(args.env_id)
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-    config = base.replace(**overrides)
-    timesteps = args.timesteps or default_steps
-    out = Path(args.out or os.path.join("runs", args.env_id, f"seed{args.seed}"))
-    agent = PPO(args.env_id, config, seed=args.seed)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"env_id": args.env_id, "seed": args.seed, "total_timesteps": timesteps, "processes": dist.world_size,
-                "config": config.to_dict(), "python": platform.python_version()}
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
-        print(f"training PPO on {args.env_id} for {timesteps} steps (seed {args.seed}, "
-              f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}) -> {out}", flush=True)
+    plan = _plan_resume(args) if args.resume else _plan_new(args, check_folder=dist.is_main)
+    agent = plan.agent or PPO(plan.env_id, plan.config, seed=plan.seed)
+    if not dist.is_main:  # the other ranks train and write nothing
+        agent.learn(plan.timesteps, callback=extra_callback, progress_bar=False)
+        return 0
+    with RunLock(plan.out), _StopOnSignal(dist.world_size == 1) as stop:
+        return _train_in_folder(args, plan, agent, dist.world_size, stop, extra_callback)
+
+
+def _start_folder(args, plan: _Plan, world_size: int) -> MetricsWriter:
+    """Holding the lock: clean the folder, write config.json and status.json, open metrics.csv."""
+    out = plan.out
+    removed = clean_stray_tmp(out)
+    if removed:
+        print(f"removed temporary files left by a killed run: {', '.join(removed)}")
+    if plan.agent is not None:
+        print(f"resuming {plan.env_id} from {plan.agent.num_timesteps} of {plan.timesteps} steps -> {out}", flush=True)
+        return MetricsWriter(out / "metrics.csv", keep_updates=plan.agent.n_updates)
+    _refuse_existing_run(out, args.overwrite, holding_lock=True)  # again: a run may have finished in between
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    meta = {"env_id": plan.env_id, "seed": plan.seed, "total_timesteps": plan.timesteps, "processes": world_size,
+            "config": plan.config.to_dict(), "python": platform.python_version()}
+    atomic_write_text(out / "config.json", json.dumps(meta, indent=2))
+    print(f"training PPO on {plan.env_id} for {plan.timesteps} steps (seed {plan.seed}, "
+          f"{world_size} process{'es' if world_size > 1 else ''}) -> {out}", flush=True)
+    return MetricsWriter(out / "metrics.csv")
+
+
+def _train_in_folder(args, plan: _Plan, agent: PPO, world_size: int, stop: _StopOnSignal, extra_callback) -> int:
+    out = plan.out
+    metrics = _start_folder(args, plan, world_size)
+    counts = lambda: {"num_timesteps": agent.num_timesteps, "n_updates": agent.n_updates,  # noqa: E731
+                      "total_timesteps": plan.timesteps}
+    # what model.pt holds: a resumed run's starting point, then each --save-every checkpoint
+    saved = {"checkpoint": {k: counts()[k] for k in ("num_timesteps", "n_updates")} if plan.agent else None}
+    write_status(out, "running", **saved, **counts())
 
     def callback(a, row):
-        if main_rank and args.save_every and a.n_updates % args.save_every == 0:
+        metrics.write(row)
+        if args.save_every and a.n_updates % args.save_every == 0:
             a.save(out / "model.pt")
-        return None if extra_callback is None else extra_callback(a, row)
+            saved["checkpoint"] = {k: counts()[k] for k in ("num_timesteps", "n_updates")}
+            write_status(out, "running", **saved, **counts())  # a SIGKILL leaves a true status
+        result = None if extra_callback is None else extra_callback(a, row)
+        return False if stop.signum is not None else result
 
-    agent.learn(timesteps, callback=callback, progress_bar=not args.no_progress)
-    if not main_rank:
-        return 0
+    try:
+        agent.learn(plan.timesteps - agent.num_timesteps, callback=callback, progress_bar=args.progress,
+                    reset_num_timesteps=plan.agent is None)
+    except BaseException as err:
+        write_status(out, "failed", error=f"{type(err).__name__}: {err}", **saved, **counts())
+        raise
     agent.save(out / "model.pt")
-    _write_metrics(agent.history, out / "metrics.csv")
     from .plotting import save_run_plot
 
-    save_run_plot(agent.history, out / "learning_curve.png", f"PPO on {args.env_id}, seed {args.seed}")
+    save_run_plot(agent.history, out / "learning_curve.png", f"PPO on {plan.env_id}, seed {plan.seed}")
+    if stop.signum is not None:
+        write_status(out, "interrupted", signal=signal.Signals(stop.signum).name, **counts())
+        print(f"interrupted after {agent.num_timesteps} of {plan.timesteps} steps; model.pt saved; continue with: "
+              f"ppo-edu train --resume {out}", file=sys.stderr)
+        return 128 + stop.signum
+    return _finish(args, plan, agent, counts())
+
+
+def _finish(args, plan: _Plan, agent: PPO, counts: dict) -> int:
+    out = plan.out
     mean, std = agent.evaluate(args.eval_episodes)
-    (out / "eval.json").write_text(json.dumps({"episodes": args.eval_episodes, "mean_return": mean,
-                                               "std_return": std, "deterministic": True}, indent=2))
+    atomic_write_text(out / "eval.json", json.dumps({"episodes": args.eval_episodes, "mean_return": mean,
+                                                     "std_return": std, "deterministic": True}, indent=2))
+    write_status(out, "finished", **counts)
     last = agent.history[-1]
-    print(f"trained {agent.num_timesteps} steps in {last['wall_time']:.1f} s")
+    resumed = " since the resume" if plan.agent is not None else ""
+    print(f"trained {agent.num_timesteps} steps in {last['wall_time']:.1f} s{resumed}")
     print(f"greedy evaluation over {args.eval_episodes} episodes: {mean:.1f} +- {std:.1f}")
     print(f"run folder: {out}")
     return 0
-
-
-def _write_metrics(rows, path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def evaluate(args) -> int:
@@ -242,14 +476,19 @@ def evaluate(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "rlhf") and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(argv, args.nproc)
     commands = {"train": train, "eval": evaluate, "assign": assign_cmd, "grade": grade_cmd, "rlhf": rlhf_cmd}
     try:
+        if args.command in ("train", "rlhf") and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            _plan_resume(args) if args.command == "train" and args.resume else (
+                _plan_new(args) if args.command == "train" else _check_rlhf(args))  # check before launching
+            return launch_torchrun(argv, args.nproc)
         return commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, FolderInUse) as err:
         print(f"ppo-edu {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ppo-edu {args.command}: stopped by Ctrl-C", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -188,12 +188,18 @@ class PPO:
         return self.fast.act(obs, self.rng, with_value=False)  # V is batched after the rollout
 
     # ------------------------------------------------------------------ training
-    def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False) -> "PPO":
+    def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False,
+              reset_num_timesteps: bool = True) -> "PPO":
         """Train for ``total_timesteps`` environment steps (rounded up to whole rollouts; with
         torchrun, summed over all ranks).
 
         ``callback(agent, metrics)`` runs after every update with that update's metrics row;
         returning ``False`` stops training.
+
+        As in Stable-Baselines3, ``reset_num_timesteps=True`` starts the step count at 0 and the
+        lr and clip schedules over this call; ``False`` continues the count, and the schedules run
+        over the whole budget (steps so far + ``total_timesteps``), so a second call, or a run
+        resumed from a checkpoint, continues the decay where the last one stopped.
         """
         if not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 1:
             raise ValueError(f"total_timesteps={total_timesteps!r} is invalid: allowed values are integers >= 1")
@@ -202,19 +208,24 @@ class PPO:
             self._collector = self._make_collector()
         world = self.dist.world_size
         n_updates = math.ceil(total_timesteps / (cfg.batch_size * world))
+        if reset_num_timesteps:
+            self.num_timesteps = 0
+        # the schedules decay linearly to 0 at this step count
+        self._schedule_end = self.num_timesteps + n_updates * cfg.batch_size * world
         act_shape = () if self.model.discrete else (self.model.act_dim,)
         buf = RolloutBuffer.empty(cfg.n_steps, cfg.n_envs, self.model.obs_dim, act_shape,
                                   np.int64 if self.model.discrete else np.float32)
         progress_bar = progress_bar and self.dist.is_main
         bar = _progress(total=n_updates * cfg.batch_size * world, enabled=progress_bar)
         start = time.perf_counter()
-        for update in range(n_updates):
-            # -- schedules: linear decay to 0 over this learn() call
-            frac = 1.0 - update / n_updates
+        for _ in range(n_updates):
+            # -- schedules: linear decay to 0 at self._schedule_end steps (1 - u / U for update u of U)
+            frac = 1.0 - self.num_timesteps / self._schedule_end
             lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
             clip_eps = cfg.clip_eps * frac if cfg.anneal_clip else cfg.clip_eps
             # -- phase 1: collect a rollout with the current policy
             self._collector.collect(buf, self._act, self.fast.value)
+            self._check_env_outputs(buf)
             self.num_timesteps += cfg.batch_size * world
             # -- phase 2: advantages and returns (Chapter 3)
             advantages, returns = compute_gae(*(torch.from_numpy(x) for x in (
@@ -323,6 +334,23 @@ class PPO:
         self.optimizer.step()
         return info
 
+    def _check_env_outputs(self, buf: RolloutBuffer) -> None:
+        """A NaN or inf from the environment is the environment's fault, not the learning rate's:
+        say so before the update turns it into a NaN loss."""
+        c, where = self._collector, f"update {self.n_updates + 1}"
+        name = self.env_id or type(self.env).__name__
+        obs_ok = np.isfinite(buf.obs).all() and np.isfinite(c.obs).all() and (
+            self.obs_rms is None or np.isfinite(self.obs_rms.var).all())
+        if not obs_ok:
+            raise FloatingPointError(f"{where}: the environment {name!r} returned a non-finite observation "
+                                     "(NaN or inf); fix the environment (or wrap it to clip its observations)")
+        scaler = c.reward_scaler
+        reward_ok = np.isfinite(buf.rewards).all() and np.isfinite(c.ep_ret).all() and (
+            scaler is None or np.isfinite(scaler.rms.var))
+        if not reward_ok:
+            raise FloatingPointError(f"{where}: the environment {name!r} returned a non-finite reward "
+                                     "(NaN or inf); fix the environment's reward")
+
     def _check_finite(self, info: dict) -> None:
         for k in ("policy_loss", "value_loss", "entropy"):
             if not math.isfinite(info[k]):
@@ -354,10 +382,8 @@ class PPO:
         Returns ``(action, None)`` like Stable-Baselines3 (the second item is the recurrent
         state, always ``None`` here). Observation normalisation uses the saved statistics.
         """
-        obs = np.asarray(obs, np.float32)
+        obs = self._check_obs(obs)
         single = obs.ndim == 1
-        if obs.shape[-1] != self.model.obs_dim:
-            raise ValueError(f"obs has shape {obs.shape}; expected (..., {self.model.obs_dim})")
         batch = obs[None] if single else obs
         if self.obs_rms is not None:
             batch = self.obs_rms.normalize(batch)
@@ -366,6 +392,22 @@ class PPO:
             space = self.env.single_action_space
             actions = np.clip(actions, space.low, space.high)
         return (actions[0] if single else actions), None
+
+    def _check_obs(self, obs) -> np.ndarray:
+        """``obs`` as a float32 array ``(obs_dim,)`` or ``(B, obs_dim)``, or a ValueError saying what is wrong."""
+        want = f"(obs_dim,) = ({self.model.obs_dim},) or (batch, {self.model.obs_dim})"
+        if obs is None:
+            raise ValueError(f"predict(obs=None): obs must be an observation of shape {want}")
+        try:
+            obs = np.asarray(obs, np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"predict(obs={obs!r}): not an array of numbers ({err})") from None
+        if obs.ndim not in (1, 2) or obs.shape[-1] != self.model.obs_dim:
+            raise ValueError(f"obs has shape {obs.shape}; expected {want}")
+        if not np.isfinite(obs).all():
+            raise ValueError(f"obs contains NaN or inf at {np.argwhere(~np.isfinite(obs)).tolist()[:5]}: "
+                             "a policy cannot act on it")
+        return obs
 
     def evaluate(self, n_episodes: int = 20, deterministic: bool = True, seed: int = 10_000,
                  env_id: str | None = None) -> tuple[float, float]:
@@ -392,7 +434,9 @@ class PPO:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        """Write the agent (config, weights, normalisation statistics, optimiser) to exactly ``path``."""
+        """Write the agent to exactly ``path``: config, weights, normalisation statistics, optimiser,
+        and what a resumed run needs to continue exactly (random streams, the environments'
+        state, the episode in progress, the metrics so far)."""
         space = self.env.single_action_space
         obs_space = self.env.single_observation_space
         state = {
@@ -406,6 +450,8 @@ class PPO:
                 "mean": torch.as_tensor(self.obs_rms.mean), "var": torch.as_tensor(self.obs_rms.var),
                 "count": self.obs_rms.count},
             "optimizer": self._optimizer_state(),
+            "resume": self._resume_state(),
+            "history": list(self.history),
         }
         checkpoint.atomic_save(state, path)
 
@@ -415,33 +461,108 @@ class PPO:
                     "v": torch.from_numpy(self.optimizer.v.copy()), "t": self.optimizer.t}
         return {"torch": self.optimizer.state_dict()}
 
+    def _resume_state(self) -> dict:
+        """Random streams and, once training has started, the collector: the environments' state,
+        the observation each env is in, the returns of the episodes in progress, the reward scaler."""
+        state = {"rng": self.rng.bit_generator.state}  # torch's generator is used only at construction
+        c = self._collector
+        if c is not None:
+            scaler = c.reward_scaler
+            state["collector"] = {
+                "env": checkpoint.env_state(self.env), "obs": torch.as_tensor(np.array(c.obs)),
+                "prev_done": torch.as_tensor(c.prev_done), "ep_ret": torch.as_tensor(c.ep_ret),
+                "ep_len": torch.as_tensor(c.ep_len), "total_steps": c.total_steps,
+                "episode_returns": list(c.episode_returns), "episode_lengths": list(c.episode_lengths),
+                "scaler": None if scaler is None else {"mean": float(scaler.rms.mean), "var": float(scaler.rms.var),
+                                                       "count": scaler.rms.count, "ret": torch.as_tensor(scaler.ret)}}
+        return state
+
+    def _restore_collector(self, state: dict) -> None:
+        """Create the collector and put back the state :meth:`_resume_state` saved."""
+        c = self._collector = self._make_collector()
+        checkpoint.restore_env_state(self.env, state["env"])
+        c.obs, c.prev_done = state["obs"].numpy().copy(), state["prev_done"].numpy().copy()
+        c.ep_ret, c.ep_len = state["ep_ret"].numpy().copy(), state["ep_len"].numpy().copy()
+        c.total_steps = int(state["total_steps"])
+        c.episode_returns, c.episode_lengths = list(state["episode_returns"]), list(state["episode_lengths"])
+        if state["scaler"] is not None and c.reward_scaler is not None:
+            rs = state["scaler"]
+            c.reward_scaler.rms.load_state_dict({"mean": rs["mean"], "var": rs["var"], "count": rs["count"]})
+            c.reward_scaler.ret = rs["ret"].numpy().copy()
+
     @classmethod
     def load(cls, path, env: str | gym.vector.VectorEnv | None = None) -> "PPO":
-        """Rebuild an agent saved with :meth:`save` (the env is re-created from its id)."""
-        state = checkpoint.safe_load(path, required=("config", "model", "env_id", "obs_rms"))
+        """Rebuild an agent saved with :meth:`save` (the env is re-created from its id).
+
+        ``load(path).learn(n, reset_num_timesteps=False)`` continues training exactly where the
+        saved agent stopped. Any damage to the file is a :class:`~ppo_edu.checkpoint.CheckpointError`."""
+        state = checkpoint.safe_load(path, required=("config", "model", "env_id", "obs_rms", "num_timesteps"))
+        bad = lambda what: checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {what}")  # noqa: E731
         try:
             config = PPOConfig(**state["config"])
-        except TypeError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} has an invalid config: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise bad(f"has an invalid config: {err}") from None
         env = env if env is not None else state["env_id"]
         if env is None:
             raise ValueError("this checkpoint's env is not registered: pass env= to PPO.load")
         agent = cls(env, config, seed=state.get("seed", 0))
         try:
             agent.model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} does not match the network: {err}") from None
-        if state["obs_rms"] is not None:
-            agent.obs_rms = RunningMeanStd((agent.model.obs_dim,))
-            agent.obs_rms.load_state_dict({k: (v.numpy() if torch.is_tensor(v) else v)
-                                           for k, v in state["obs_rms"].items()})
-        opt = state.get("optimizer") or {}
-        if isinstance(agent.optimizer, Adam) and "m" in opt:
-            agent.optimizer.m[:], agent.optimizer.v[:], agent.optimizer.t = opt["m"].numpy(), opt["v"].numpy(), opt["t"]
-        elif "torch" in opt and not isinstance(agent.optimizer, Adam):
-            agent.optimizer.load_state_dict(opt["torch"])
-        agent.num_timesteps, agent.n_updates = int(state["num_timesteps"]), int(state.get("n_updates", 0))
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise bad(f"does not match the network: {err}") from None
+        if not np.isfinite(agent.flat.data).all():
+            raise bad("its weights contain NaN or inf (the run that wrote it diverged)")
+        agent._load_statistics(state, bad)
+        agent._load_optimizer(state.get("optimizer") or {}, bad)
+        try:
+            agent.num_timesteps, agent.n_updates = int(state["num_timesteps"]), int(state.get("n_updates", 0))
+        except (TypeError, ValueError):
+            raise bad(f"num_timesteps={state['num_timesteps']!r} is not an integer") from None
+        agent.history = list(state.get("history") or [])
+        resume = state.get("resume") or {}
+        try:
+            if "rng" in resume:
+                agent.rng.bit_generator.state = resume["rng"]
+            if "collector" in resume and env == state["env_id"]:
+                agent._restore_collector(resume["collector"])
+        except checkpoint.CheckpointError as err:
+            raise bad(f"its environment state does not fit: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise bad(f"its resume state (random streams, environments) is damaged: {type(err).__name__}: {err}") \
+                from None
         return agent
+
+    def _load_statistics(self, state: dict, bad) -> None:
+        if state["obs_rms"] is None:
+            return
+        rms = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in state["obs_rms"].items()}
+        dim = self.model.obs_dim
+        for k in ("mean", "var"):
+            if np.shape(rms.get(k)) != (dim,):
+                raise bad(f"observation statistics obs_rms.{k} have shape {np.shape(rms.get(k))}, "
+                          f"but the environment's observations have ({dim},)")
+            if not np.isfinite(rms[k]).all() or (k == "var" and (rms[k] < 0).any()):
+                raise bad(f"observation statistics obs_rms.{k} contain NaN, inf or negative variances")
+        self.obs_rms = RunningMeanStd((dim,))
+        self.obs_rms.load_state_dict(rms)
+
+    def _load_optimizer(self, opt: dict, bad) -> None:
+        if isinstance(self.optimizer, Adam) and "m" in opt:
+            n = self.flat.data.shape
+            for k in ("m", "v"):
+                if tuple(opt[k].shape) != n:
+                    raise bad(f"optimiser state {k} has shape {tuple(opt[k].shape)}, but the network has {n[0]} "
+                              "parameters")
+            self.optimizer.m[:], self.optimizer.v[:], self.optimizer.t = opt["m"].numpy(), opt["v"].numpy(), opt["t"]
+        elif "torch" in opt and not isinstance(self.optimizer, Adam):
+            try:
+                self.optimizer.load_state_dict(opt["torch"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise bad(f"optimiser state does not match the network: {err}") from None
+            shapes = [(tuple(self.optimizer.state[p]["exp_avg"].shape), tuple(p.shape))
+                      for p in self.model.parameters() if p in self.optimizer.state]
+            if any(a != b for a, b in shapes):
+                raise bad("optimiser state has moments of the wrong shape for the network")
 
 
 def set_threads(n: int) -> None:

@@ -122,8 +122,9 @@ def test_save_load_round_trip_with_normalisation(tmp_path):
 def test_loaded_agent_keeps_training(tmp_path):
     agent = PPO("CartPole-v1", SMALL, seed=0).learn(256)
     agent.save(tmp_path / "a.pt")
-    loaded = PPO.load(tmp_path / "a.pt").learn(256)
+    loaded = PPO.load(tmp_path / "a.pt").learn(256, reset_num_timesteps=False)
     assert loaded.num_timesteps == 512
+    assert PPO.load(tmp_path / "a.pt").learn(256).num_timesteps == 256  # SB3's default restarts the count
 
 
 def test_missing_and_truncated_checkpoints(tmp_path):
@@ -188,10 +189,32 @@ class NaNReward(gym.Env):
         return np.zeros(2, np.float32), float("nan"), False, False, {}
 
 
+class HugeReward(NaNReward):
+    def step(self, action):
+        return np.zeros(2, np.float32), 3e38, False, False, {}  # finite, but its returns overflow float32
+
+
 def test_nan_in_a_loss_stops_training_with_a_message():
-    env = gym.vector.SyncVectorEnv([NaNReward, NaNReward])
-    with pytest.raises(FloatingPointError, match=r"update 1: (policy|value)_loss is nan"):
+    env = gym.vector.SyncVectorEnv([HugeReward, HugeReward])
+    with pytest.raises(FloatingPointError, match=r"update 1: (policy|value)_loss is (nan|inf)"):
         PPO(env, SMALL).learn(256)
+
+
+class NaNObs(NaNReward):
+    def step(self, action):
+        return np.array([0.0, np.inf], np.float32), 1.0, False, False, {}
+
+
+@pytest.mark.parametrize("env_cls,what", [(NaNReward, "reward"), (NaNObs, "observation")])
+@pytest.mark.parametrize("norm", [False, True])
+def test_non_finite_env_output_is_blamed_on_the_env_before_any_update(env_cls, what, norm):
+    env = gym.vector.SyncVectorEnv([env_cls, env_cls])
+    agent = PPO(env, SMALL.replace(norm_obs=norm, norm_reward=norm))
+    before = agent.flat.data.copy()
+    with pytest.raises(FloatingPointError, match=f"update 1: the environment 'SyncVectorEnv' returned a "
+                                                 f"non-finite {what}"):
+        agent.learn(256)
+    np.testing.assert_array_equal(agent.flat.data, before)  # nothing learned from it
 
 
 # ---------------------------------------------------------------------------- predict
@@ -220,7 +243,9 @@ def test_cli_train_writes_a_run_folder_and_eval_reloads_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "1024", "--out", str(out), "--no-progress",
                  "--n-epochs", "2", "--eval-episodes", "3"]) == 0
-    assert sorted(os.listdir(out)) == ["config.json", "eval.json", "learning_curve.png", "metrics.csv", "model.pt"]
+    assert sorted(os.listdir(out)) == ["config.json", "eval.json", "learning_curve.png", "metrics.csv", "model.pt",
+                                       "status.json"]
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
     printed = capsys.readouterr().out
     assert "greedy evaluation over 3 episodes" in printed
     header = (out / "metrics.csv").read_text().splitlines()
@@ -237,3 +262,87 @@ def test_cli_reports_bad_values_without_a_traceback(tmp_path, capsys):
     assert main(["train", "CartPole-v1", "--lr", "-1", "--out", str(tmp_path / "r")]) == 2
     assert "PPOConfig.lr=-1" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------------------- resume and schedules
+def _params(agent):
+    return torch.cat([p.detach().flatten() for p in agent.model.parameters()])
+
+
+@pytest.mark.parametrize("env_id,extra", [
+    ("CartPole-v1", {"anneal_clip": True}),
+    ("Pendulum-v1", {"backend": "torch", "norm_obs": True, "norm_reward": True}),
+    ("Acrobot-v1", {"norm_obs": True, "norm_reward": True}),
+])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, env_id, extra):
+    cfg, total = SMALL.replace(**extra), 7 * SMALL.batch_size
+    full = PPO(env_id, cfg, seed=3).learn(total)
+    cut = PPO(env_id, cfg, seed=3).learn(total, callback=lambda a, row: a.n_updates < 3)
+    cut.save(tmp_path / "cut.pt")
+    resumed = PPO.load(tmp_path / "cut.pt").learn(total - cut.num_timesteps, reset_num_timesteps=False)
+    assert torch.equal(_params(full), _params(resumed))
+    np.testing.assert_equal(_rows(full), _rows(resumed))  # the metrics history continues too
+
+
+def test_a_second_learn_continues_the_schedules_with_reset_num_timesteps_false():
+    cfg = SMALL.replace(anneal_clip=True)
+    agent = PPO("CartPole-v1", cfg, seed=0).learn(2 * cfg.batch_size)
+    assert [r["lr"] for r in agent.history] == [cfg.lr, cfg.lr / 2]
+    agent.learn(2 * cfg.batch_size, reset_num_timesteps=False)  # the schedule now spans 4 updates
+    assert agent.num_timesteps == 4 * cfg.batch_size
+    assert [r["lr"] for r in agent.history[2:]] == [cfg.lr * (1 - 2 / 4), cfg.lr * (1 - 3 / 4)]
+    assert agent.history[3]["clip_eps"] == pytest.approx(cfg.clip_eps / 4)
+    agent.learn(cfg.batch_size)  # SB3's default: the count and the schedules start again
+    assert agent.num_timesteps == cfg.batch_size and agent.history[-1]["lr"] == cfg.lr
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+def _damaged(tmp_path, change):
+    agent = PPO("CartPole-v1", SMALL.replace(norm_obs=True), seed=0).learn(128)
+    agent.save(tmp_path / "a.pt")
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    change(state)
+    torch.save(state, tmp_path / "bad.pt")
+    return tmp_path / "bad.pt"
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: s.pop("num_timesteps"), r"lacks the fields \['num_timesteps'\]"),
+    (lambda s: s["optimizer"].update(m=torch.zeros(7)), r"optimiser state m has shape \(7,\)"),
+    (lambda s: s["obs_rms"].update(mean=torch.zeros(3)), r"obs_rms.mean have shape \(3,\)"),
+    (lambda s: s["obs_rms"].update(var=torch.full((4,), float("nan"))), "obs_rms.var contain NaN"),
+    (lambda s: next(iter(s["model"].values())).fill_(float("nan")), "weights contain NaN"),
+    (lambda s: s.update(num_timesteps="many"), "num_timesteps='many' is not an integer"),
+    (lambda s: s["resume"]["collector"].pop("ep_ret"), "resume state .* is damaged: KeyError"),
+    (lambda s: s["resume"].update(rng={"bit_generator": "MT19937"}), "resume state .* is damaged"),
+])
+def test_damaged_checkpoints_are_checkpoint_errors(tmp_path, capsys, change, match):
+    bad = _damaged(tmp_path, change)
+    with pytest.raises(CheckpointError, match=match) as err:
+        PPO.load(bad)
+    assert str(bad) in str(err.value)
+    from ppo_edu.cli import main
+
+    assert main(["eval", str(bad)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_torch_optimiser_state_of_the_wrong_size(tmp_path):
+    agent = PPO("CartPole-v1", SMALL.replace(backend="torch"), seed=0).learn(128)
+    agent.save(tmp_path / "a.pt")
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    first = next(iter(state["optimizer"]["torch"]["state"].values()))
+    first["exp_avg"] = torch.zeros(3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="optimiser state"):
+        PPO.load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("obs,match", [
+    (None, "obs=None"), (3.0, r"shape \(\)"), ([[[0.0] * 4]], r"shape \(1, 1, 4\)"),
+    ([0.0, float("nan"), 0.0, 0.0], "NaN or inf"), ([0.0, 0.0, float("inf"), 0.0], "NaN or inf"),
+    (["a", "b", "c", "d"], "not an array of numbers"),
+])
+def test_predict_rejects_what_a_policy_cannot_act_on(obs, match):
+    with pytest.raises(ValueError, match=match):
+        PPO("CartPole-v1", SMALL).predict(obs)

@@ -9,6 +9,13 @@ Pretrained assets are built once per (size, seed), deterministically, and cached
 
 where ``<hash>`` digests the size's settings and ``ASSET_VERSION``, so changing either builds afresh.
 
+Each stage folder carries ``manifest.json``: the sha256 and size of every file, written when the
+stage is built (the reward model's also records the language-model manifest it was trained
+from). Loading checks the manifest first (hashing costs far less than loading the weights); a
+stage that fails the check (a missing, truncated, edited or zeroed file) is rebuilt, with one
+line on stderr saying why, and swapped in atomically. A stage that cannot be rebuilt or loaded
+is a :class:`CacheError` naming the file.
+
 so a later chapter (or a user with real weights: ``from_pretrained("gpt2")``) loads them with the
 usual ``from_pretrained`` calls. Each stage is written to a temporary folder and renamed into place.
 """
@@ -20,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +45,8 @@ from .ppo import PPORLHF, RLHFConfig
 from .reward import (gold_scores, label_pairs, new_reward_model, normalize_reward_model, pair_accuracy,
                      reward_scores, train_reward_model)
 
-__all__ = ["ASSET_VERSION", "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
+__all__ = ["ASSET_VERSION", "CacheError", "verify_stage",
+           "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
            "RewardModelScorer", "decode", "evaluate_policy", "run_pipeline"]
 
 ASSET_VERSION = 2  # 2: Gumbel-max sampling of the preference pairs; reward-model init seeded
@@ -90,19 +99,102 @@ class Assets:
     path: Path | None = None
 
 
-def _atomic_dir(final: Path, build) -> None:
-    """Run ``build(tmp_dir)`` and rename the folder into ``final``; a crash leaves no half-written stage."""
+class CacheError(ValueError):
+    """An asset-cache stage is damaged and cannot be rebuilt, or cannot be loaded."""
+
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, built_from: str | None = None) -> None:
+    """Record the sha256 and size of every file of a freshly built stage."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"built_from": built_from, "files": entries}, indent=1))
+
+
+def verify_stage(folder: Path, marker: str, built_from: str | None = None) -> str | None:
+    """None when ``folder`` matches its manifest; else why not, naming the file."""
+    if not (folder / MANIFEST).is_file():
+        return f"has no {MANIFEST} (built by an older ppo_edu, or damaged)"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is not a valid manifest"
+    if marker not in files:
+        return f"{MANIFEST} does not list {marker}"
+    if manifest.get("built_from") != built_from:
+        return "was built from a different language-model stage"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, not the {entry['size']} it was built with"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} has changed since it was built (sha256 differs)"
+    return None
+
+
+def _atomic_dir(final: Path, build, replace: bool = False) -> None:
+    """Run ``build(tmp_dir)`` and rename the folder into ``final``; a crash leaves no half-written stage.
+    ``replace=True`` swaps out a damaged ``final``; otherwise a ``final`` that another process
+    finished first is kept."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
         build(tmp)
-        if final.exists():                                            # another process finished first
+        if final.exists() and not replace:                            # another process finished first
             shutil.rmtree(tmp)
+        elif final.exists():
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-damaged-"))
+            os.replace(final, old / "stage")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _ensure_stage(final: Path, marker: str, build, built_from: str | None = None) -> None:
+    """Build ``final`` if absent; rebuild it, saying why, if it fails its manifest."""
+    reason = verify_stage(final, marker, built_from) if final.exists() else "absent"
+    if reason is None:
+        return
+    if reason != "absent":
+        print(f"ppo_edu rlhf cache: {final} {reason}; rebuilding it", file=sys.stderr, flush=True)
+
+    def build_and_record(d: Path) -> None:
+        build(d)
+        _write_manifest(d, built_from)
+
+    try:
+        _atomic_dir(final, build_and_record, replace=True)
+    except OSError as err:
+        raise CacheError(f"rlhf cache: cannot build {final}: {err}") from None
+    reason = verify_stage(final, marker, built_from)
+    if reason is not None:
+        raise CacheError(f"rlhf cache: {final} {reason}, even after a rebuild")
+
+
+def _load_file(path: Path, load):
+    """``load(path)``, with any failure a CacheError naming the file."""
+    try:
+        return load(path)
+    except Exception as err:  # noqa: BLE001 -- transformers and json raise many kinds
+        raise CacheError(f"rlhf cache: cannot load {path}: {type(err).__name__}: {err} "
+                         f"(delete {path.parent} to rebuild it)") from None
 
 
 def _build_lm(out: Path, size_name: str, seed: int, progress_bar: bool, device) -> None:
@@ -187,7 +279,7 @@ def load_assets(size: str = "cpu-tiny", seed: int = 0, stage: str = "rm", progre
                 device="auto", cache_dir: str | Path | None = None) -> Assets:
     """The pretrained tokenizer and policy (``stage="lm"``), plus the reward model (``stage="rm"``),
     built on first use and loaded from the cache afterwards."""
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2ForSequenceClassification
 
     quiet_transformers()
 
@@ -204,24 +296,29 @@ def load_assets(size: str = "cpu-tiny", seed: int = 0, stage: str = "rm", progre
     if dist.enabled and not dist.is_main:
         distributed.barrier()                                         # under torchrun, rank 0 builds; the rest wait
     else:
-        if not (lm_dir / "lm.json").exists():
-            _atomic_dir(lm_dir, lambda d: _build_lm(d, size, seed, progress_bar, device))
-        tok = load_tokenizer(lm_dir / "tokenizer")
-        if stage == "rm" and not (rm_dir / "rm.json").exists():
-            lm = GPT2LMHeadModel.from_pretrained(lm_dir / "policy").to(device).eval()
-            a = Assets(tok, lm, json.loads((lm_dir / "prompts.json").read_text()),
-                       json.loads((lm_dir / "lm.json").read_text()), path=lm_dir)
-            _atomic_dir(rm_dir, lambda d: _build_rm(d, a, seed, progress_bar, device))
+        _ensure_stage(lm_dir, "lm.json", lambda d: _build_lm(d, size, seed, progress_bar, device))
+        if stage == "rm":
+            lm_sha = _sha256(lm_dir / MANIFEST)
+            _ensure_stage(rm_dir, "rm.json", lambda d: _build_rm(d, _load_lm(lm_dir, device), seed, progress_bar,
+                                                                 device), built_from=lm_sha)
         if dist.enabled:
             distributed.barrier()
-    tok = load_tokenizer(lm_dir / "tokenizer")
-    policy = GPT2LMHeadModel.from_pretrained(lm_dir / "policy").to(device).eval()
-    a = Assets(tok, policy, json.loads((lm_dir / "prompts.json").read_text()),
-               json.loads((lm_dir / "lm.json").read_text()), path=lm_dir)
+    a = _load_lm(lm_dir, device)
     if stage == "rm":
-        a.reward_model = GPT2ForSequenceClassification.from_pretrained(rm_dir / "reward_model").to(device).eval()
-        a.info = {**a.info, "rm": json.loads((rm_dir / "rm.json").read_text())}
+        a.reward_model = _load_file(rm_dir / "reward_model", lambda p: GPT2ForSequenceClassification.from_pretrained(
+            p).to(device).eval())
+        a.info = {**a.info, "rm": _load_file(rm_dir / "rm.json", lambda p: json.loads(p.read_text()))}
     return a
+
+
+def _load_lm(lm_dir: Path, device) -> Assets:
+    from transformers import GPT2LMHeadModel
+
+    tok = _load_file(lm_dir / "tokenizer", load_tokenizer)
+    policy = _load_file(lm_dir / "policy", lambda p: GPT2LMHeadModel.from_pretrained(p).to(device).eval())
+    prompts = _load_file(lm_dir / "prompts.json", lambda p: json.loads(p.read_text()))
+    info = _load_file(lm_dir / "lm.json", lambda p: json.loads(p.read_text()))
+    return Assets(tok, policy, prompts, info, path=lm_dir)
 
 
 class RewardModelScorer:
