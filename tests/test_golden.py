@@ -74,7 +74,7 @@ def rlhf_run(assets, algo: str) -> dict:
     elif algo == "ppo-separate":
         cls, cfg = PPORLHF, p.ppo.replace(critic="separate")
     else:
-        cls, cfg = GRPO, p.grpo.replace(minibatches=2)
+        cls, cfg = GRPO, p.grpo.replace(n_minibatches=2)
     torch.manual_seed(0)
     t = cls(copy.deepcopy(assets.policy), assets.tok, assets.prompts, scorer, cfg, ref=assets.policy, seed=0)
     history = t.train(2, progress_bar=False)
