@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import renamed_kwargs
+from .config import renamed_argument
 
 __all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl", "kl_k1", "kl_k3",
            "normalize_advantages"]
@@ -60,12 +60,13 @@ def clipped_surrogate_loss(
     return loss, info
 
 
-@renamed_kwargs(clip_eps="vf_clip")
 def value_loss(
     values: torch.Tensor,
     returns: torch.Tensor,
     old_values: torch.Tensor | None = None,
     vf_clip: float | None = None,
+    *,
+    clip_eps: float | None = None,
 ) -> torch.Tensor:
     """Half mean squared error to the returns (eq. 4.2), optionally clipped (eq. 6.1).
 
@@ -73,7 +74,11 @@ def value_loss(
     value may move at most ``vf_clip`` from the old one before the loss stops rewarding it::
 
         L_V = 0.5 * E[ max((V - R)^2, (V_old + clip(V - V_old, -vf_clip, vf_clip) - R)^2) ]
+
+    ``clip_eps`` is the deprecated old name of ``vf_clip``.
     """
+    if clip_eps is not None:
+        vf_clip = renamed_argument("value_loss", "clip_eps", "vf_clip", clip_eps, vf_clip)
     unclipped = (values - returns) ** 2
     if old_values is None or vf_clip is None:
         return 0.5 * unclipped.mean()
