@@ -17,7 +17,7 @@ import warnings
 from typing import Callable
 
 __all__ = ["require", "integers", "numbers", "optional_numbers", "choice", "divides", "replace",
-           "renamed_fields", "renamed_kwargs", "renamed_argument"]
+           "renamed_fields", "renamed_kwargs"]
 
 POSITIVE = (lambda v: v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
@@ -136,15 +136,6 @@ def _old_getter(cls_name, old, new, to_old):
         warnings.warn(f"{cls_name}.{old} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
         return to_old(getattr(self, new))
     return get
-
-
-def renamed_argument(fn_name: str, old: str, new: str, old_value, new_value):
-    """The value of a renamed keyword argument that the caller passed under its ``old`` name
-    (a keyword-only parameter defaulting to None): warns, and refuses both names at once."""
-    warnings.warn(f"{fn_name}({old}=) is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
-    if new_value is not None:
-        raise TypeError(f"{fn_name} got both {old} (deprecated) and {new}; pass only {new}")
-    return old_value
 
 
 def renamed_kwargs(**renames: str):

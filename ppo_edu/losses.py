@@ -13,9 +13,9 @@ from samples a ~ pi_old (Schulman, "Approximating KL divergence", 2020)::
 """
 from __future__ import annotations
 
-import torch
+import warnings
 
-from .config import renamed_argument
+import torch
 
 __all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl", "kl_k1", "kl_k3",
            "normalize_advantages"]
@@ -77,8 +77,11 @@ def value_loss(
 
     ``clip_eps`` is the deprecated old name of ``vf_clip``.
     """
-    if clip_eps is not None:
-        vf_clip = renamed_argument("value_loss", "clip_eps", "vf_clip", clip_eps, vf_clip)
+    if clip_eps is not None:                   # the old name, for one release (no import: this module stays pure)
+        warnings.warn("value_loss(clip_eps=) is deprecated: use vf_clip=", DeprecationWarning, stacklevel=2)
+        if vf_clip is not None:
+            raise TypeError("value_loss got both clip_eps (deprecated) and vf_clip; pass only vf_clip")
+        vf_clip = clip_eps
     unclipped = (values - returns) ** 2
     if old_values is None or vf_clip is None:
         return 0.5 * unclipped.mean()

@@ -477,3 +477,15 @@ def test_cli_rlhf_micro_writes_a_run_folder(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "rlhf.png").stat().st_size > 5000
     assert "PPO" in capsys.readouterr().out
     assert main(["rlhf", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("n_head", 3, "ModelSize.n_head=3 does not divide n_embd = 32"),
+    ("n_layer", 0, "ModelSize.n_layer=0 is invalid: allowed values are integers >= 1"),
+    ("rm_lr", -1.0, "ModelSize.rm_lr=-1.0 is invalid: allowed values are a number > 0"),
+])
+def test_model_size_names_field_value_and_range(field, value, match):
+    from ppo_edu.rlhf.models import ModelSize
+
+    with pytest.raises(ValueError, match=match):
+        ModelSize(**{"n_layer": 1, "n_head": 2, "n_embd": 32, field: value})
