@@ -1,6 +1,9 @@
 """Log-probabilities and entropies of the two policy families, as pure functions (Chapters 4
 and 7). ``ActorCritic`` uses ``torch.distributions``; tests check these agree. The Gaussian
 log-prob takes torch tensors or NumPy arrays: the NumPy engine (``fastmlp``) acts with it.
+Two places compute eq. 7.1 their own way and keep it, because each rounding is part of a
+training path's exact numbers: ``ActorCritic`` (torch's ``Normal``, the torch engine's loss) and
+``NumpyActorCritic.loss_and_grad`` (written with the variance its gradient reuses).
 
 Categorical over logits z (eq. 4.1)::
 

@@ -89,7 +89,6 @@ class ActorCritic(nn.Module):
     def _logp_entropy(self, dist, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.discrete:
             return dist.log_prob(actions.long()), dist.entropy()
-        # eq. 7.1 by torch's Normal (the reference; distributions.gaussian_log_prob agrees up to rounding)
         return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)  # independent dims add
 
     @torch.no_grad()

@@ -165,7 +165,8 @@ class LMTrainer:
                 stats = self.step()
                 value = stats[self.finite_key]
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"{self.name} iteration {stats['iteration']}: {self.finite_key} is {value}")
+                    raise FloatingPointError(f"{self.name} iteration {stats['iteration']}: "
+                                             f"{self.finite_key} is {value}")
                 if callback is not None:
                     callback(stats)
                 history.append(stats)
