@@ -1,5 +1,9 @@
-"""Log-probabilities and entropies of the two policy families, as pure torch functions
-(Chapters 4 and 7). ``ActorCritic`` uses ``torch.distributions``; tests check these agree.
+"""Log-probabilities and entropies of the two policy families, as pure functions (Chapters 4
+and 7). ``ActorCritic`` uses ``torch.distributions``; tests check these agree. The Gaussian
+log-prob takes torch tensors or NumPy arrays: the NumPy engine (``fastmlp``) acts with it.
+Two places compute eq. 7.1 their own way and keep it, because each rounding is part of a
+training path's exact numbers: ``ActorCritic`` (torch's ``Normal``, the torch engine's loss) and
+``NumpyActorCritic.loss_and_grad`` (written with the variance its gradient reuses).
 
 Categorical over logits z (eq. 4.1)::
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = ["categorical_log_prob", "categorical_entropy", "gaussian_log_prob", "gaussian_entropy"]
@@ -33,10 +38,12 @@ def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log N(a; mu, sigma^2) summed over action dims: mean/actions ``(B, D)``, log_std ``(D,)`` -> ``(B,)``."""
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z ** 2 - log_std - 0.5 * LOG_2PI).sum(-1)
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(a; mu, sigma^2) summed over action dims (eq. 7.1): mean/actions ``(B, D)``, log_std ``(D,)``
+    -> ``(B,)``; torch tensors or NumPy arrays (then all three NumPy)."""
+    exp = torch.exp if isinstance(mean, torch.Tensor) else np.exp
+    z = (actions - mean) * exp(-log_std)                              # (B, D) standardised actions
+    return -0.5 * (z * z).sum(-1) - log_std.sum(-1) - 0.5 * LOG_2PI * mean.shape[-1]
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:

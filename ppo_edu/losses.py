@@ -13,6 +13,8 @@ from samples a ~ pi_old (Schulman, "Approximating KL divergence", 2020)::
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl", "kl_k1", "kl_k3",
@@ -20,12 +22,12 @@ __all__ = ["clipped_surrogate_loss", "value_loss", "entropy_bonus", "approx_kl",
 
 
 def kl_k1(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """k1 estimate of KL(pi_old || pi_new) from samples of pi_old: mean of -log r (eq. 5.6a)."""
+    """k1 estimate of KL(pi_old || pi_new) from samples of pi_old: mean of -log r (eq. 5.6, k1)."""
     return (logp_old - logp_new).mean()
 
 
 def kl_k3(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """k3 estimate of KL(pi_old || pi_new): mean of (r - 1) - log r, never negative (eq. 5.6b)."""
+    """k3 estimate of KL(pi_old || pi_new): mean of (r - 1) - log r, never negative (eq. 5.6, k3)."""
     log_ratio = logp_new - logp_old
     return (torch.expm1(log_ratio) - log_ratio).mean()
 
@@ -43,7 +45,7 @@ def clipped_surrogate_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative clipped surrogate objective (eq. 5.3) and its diagnostics.
 
-    Returns ``(loss, info)`` with ``info`` holding ``clip_fraction`` (share of samples whose
+    Returns ``(loss, info)`` with ``info`` holding ``clip_fraction`` (eq. 5.7: share of samples whose
     ratio left [1 - clip_eps, 1 + clip_eps]) and the k1 / k3 KL estimates; all detached.
     """
     if not clip_eps > 0:
@@ -62,21 +64,30 @@ def value_loss(
     values: torch.Tensor,
     returns: torch.Tensor,
     old_values: torch.Tensor | None = None,
+    vf_clip: float | None = None,
+    *,
     clip_eps: float | None = None,
 ) -> torch.Tensor:
     """Half mean squared error to the returns (eq. 4.2), optionally clipped (eq. 6.1).
 
-    With ``old_values`` and ``clip_eps`` given, the new value may move at most ``clip_eps``
-    from the old one before the loss stops rewarding it::
+    With ``old_values`` and ``vf_clip`` given (``PPOConfig.vf_clip``; None: no clipping), the new
+    value may move at most ``vf_clip`` from the old one before the loss stops rewarding it::
 
-        L_V = 0.5 * E[ max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2) ]
+        L_V = 0.5 * E[ max((V - R)^2, (V_old + clip(V - V_old, -vf_clip, vf_clip) - R)^2) ]
+
+    ``clip_eps`` is the deprecated old name of ``vf_clip``.
     """
+    if clip_eps is not None:                   # the old name, for one release (no import: this module stays pure)
+        warnings.warn("value_loss(clip_eps=) is deprecated: use vf_clip=", DeprecationWarning, stacklevel=2)
+        if vf_clip is not None:
+            raise TypeError("value_loss got both clip_eps (deprecated) and vf_clip; pass only vf_clip")
+        vf_clip = clip_eps
     unclipped = (values - returns) ** 2
-    if old_values is None or clip_eps is None:
+    if old_values is None or vf_clip is None:
         return 0.5 * unclipped.mean()
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps={clip_eps!r} must be > 0")
-    v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    if not vf_clip > 0:
+        raise ValueError(f"vf_clip={vf_clip!r} is invalid: allowed values are None or a number > 0")
+    v_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
     return 0.5 * torch.max(unclipped, (v_clipped - returns) ** 2).mean()
 
 

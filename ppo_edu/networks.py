@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-__all__ = ["ActorCritic", "layer_init", "mlp"]
+from .distributions import gaussian_log_prob  # noqa: F401  (re-exported: chapter 7 imports it from here)
 
-LOG_2PI = math.log(2.0 * math.pi)
+__all__ = ["ActorCritic", "layer_init", "mlp"]
 
 
 def layer_init(layer: nn.Linear, gain: float = math.sqrt(2.0), bias: float = 0.0,
@@ -109,8 +108,3 @@ class ActorCritic(nn.Module):
         logp, entropy = self._logp_entropy(dist, actions)
         return logp, entropy, self.get_value(obs)
 
-
-def gaussian_log_prob(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """log N(a; mu, sigma^2) summed over action dimensions (eq. 7.1), NumPy version."""
-    z = (actions - mean) * np.exp(-log_std)
-    return -0.5 * (z * z).sum(-1) - log_std.sum() - 0.5 * LOG_2PI * mean.shape[-1]

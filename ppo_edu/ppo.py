@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, distributed
+from . import config as C
 from .fastmlp import Adam, FlatParams, NumpyActorCritic
 from .gae import compute_gae
 from .losses import clipped_surrogate_loss, entropy_bonus, value_loss
@@ -60,29 +61,14 @@ class PPOConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        positive_ints = ["n_envs", "n_steps", "n_epochs", "n_minibatches", "threads"]
-        for name in positive_ints:
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"PPOConfig.{name}={v!r} is invalid: allowed values are integers >= 1")
-        for name in ["lr", "clip_eps", "adam_eps"]:
-            _require(name, getattr(self, name), lambda v: v > 0, "a number > 0")
-        for name in ["gamma", "lam"]:
-            _require(name, getattr(self, name), lambda v: 0 < v <= 1, "a number in (0, 1]")
-        for name in ["ent_coef", "vf_coef"]:
-            _require(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
-        for name in ["vf_clip", "max_grad_norm", "target_kl"]:
-            if getattr(self, name) is not None:
-                _require(name, getattr(self, name), lambda v: v > 0, "None or a number > 0")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"PPOConfig.hidden={self.hidden!r} is invalid: allowed values are "
-                             "one or more positive layer sizes")
-        if self.backend not in ("numpy", "torch"):
-            raise ValueError(f"PPOConfig.backend={self.backend!r} is invalid: allowed values are "
-                             "'numpy' and 'torch'")
-        if self.batch_size % self.n_minibatches:
-            raise ValueError(f"PPOConfig.n_minibatches={self.n_minibatches} does not divide the batch "
-                             f"n_envs * n_steps = {self.batch_size}: allowed values are its divisors")
+        C.integers(self, "n_envs", "n_steps", "n_epochs", "n_minibatches", "threads")
+        C.numbers(self, C.POSITIVE, "lr", "clip_eps", "adam_eps")
+        C.numbers(self, C.UNIT_INTERVAL, "gamma", "lam")
+        C.numbers(self, C.NON_NEGATIVE, "ent_coef", "vf_coef")
+        C.optional_numbers(self, C.POSITIVE, "vf_clip", "max_grad_norm", "target_kl")
+        C.require(self, "hidden", bool(self.hidden) and min(self.hidden) >= 1, "one or more positive layer sizes")
+        C.choice(self, "backend", ("numpy", "torch"))
+        C.divides(self, "n_minibatches", self.batch_size, "the batch n_envs * n_steps")
 
     @property
     def batch_size(self) -> int:
@@ -94,21 +80,12 @@ class PPOConfig:
 
     def replace(self, **changes) -> "PPOConfig":
         """A copy with some fields changed (validated again)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown PPOConfig fields {sorted(unknown)}; allowed fields are "
-                             f"{[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **changes)
+        return C.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
-
-
-def _require(name, value, ok, allowed):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"PPOConfig.{name}={value!r} is invalid: allowed values are {allowed}")
 
 
 # Tuned presets. CartPole and Acrobot follow the RL Baselines3 Zoo hyperparameters

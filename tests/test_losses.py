@@ -164,8 +164,17 @@ def test_value_loss_clipped_equals_unclipped_when_old_equals_new(rng):
 
 
 def test_value_loss_rejects_nonpositive_clip():
-    with pytest.raises(ValueError, match="clip_eps"):
+    with pytest.raises(ValueError, match=r"vf_clip=-0.1 is invalid: allowed values are None or a number > 0"):
         value_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), -0.1)
+
+
+def test_value_loss_old_clip_eps_keyword_still_works_with_a_warning(rng):
+    v, R, v_old = (t64(rng.normal(size=20)) for _ in range(3))
+    with pytest.warns(DeprecationWarning, match=r"value_loss\(clip_eps=\) is deprecated: use vf_clip="):
+        old = value_loss(v, R, v_old, clip_eps=0.2)
+    assert old.item() == value_loss(v, R, v_old, vf_clip=0.2).item()
+    with pytest.raises(TypeError, match="both clip_eps"), pytest.warns(DeprecationWarning):
+        value_loss(v, R, v_old, clip_eps=0.2, vf_clip=0.2)
 
 
 # ---------------------------------------------------------------- entropy, whitening

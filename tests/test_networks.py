@@ -220,3 +220,16 @@ def test_gaussian_log_prob_numpy(B, d, seed):
         torch.from_numpy(actions)).sum(-1).numpy()
     assert got.shape == (B,)
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_one_gaussian_log_prob_for_torch_and_numpy():
+    """networks re-exports distributions' function; NumPy and torch inputs give the same numbers."""
+    from ppo_edu import distributions, fastmlp, networks
+
+    assert networks.gaussian_log_prob is distributions.gaussian_log_prob is fastmlp.gaussian_log_prob
+    rng = np.random.default_rng(3)
+    mean, log_std, actions = rng.normal(size=(6, 3)), rng.normal(size=3), rng.normal(size=(6, 3))
+    got_np = distributions.gaussian_log_prob(mean, log_std, actions)
+    got_t = distributions.gaussian_log_prob(*(torch.from_numpy(x) for x in (mean, log_std, actions)))
+    assert isinstance(got_np, np.ndarray) and got_np.shape == (6,)
+    np.testing.assert_array_equal(got_np, got_t.numpy())

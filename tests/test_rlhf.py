@@ -94,7 +94,7 @@ def test_grpo_loss_at_ratio_one_and_zero_kl():
     g, _, mask = _random_case(7, B=4, R=6)
     logp = torch.randn(4, 6, generator=g, requires_grad=True)
     adv = torch.randn(4, generator=g)
-    loss, info = grpo_loss(logp, logp.detach(), logp.detach(), adv, mask, clip_eps=0.2, beta=0.5)
+    loss, info = grpo_loss(logp, logp.detach(), logp.detach(), adv, mask, clip_eps=0.2, kl_coef=0.5)
     m = mask.bool()
     expected = -(adv[:, None].expand(4, 6)[m]).mean()                   # ratio 1: minus the mean advantage
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -242,11 +242,11 @@ def test_a_few_grpo_steps_raise_the_reward(assets):
 def test_grpo_with_several_minibatches_uses_the_rollout_policy_as_pi_old(assets):
     """After the first minibatch's update the policy has moved, so later minibatches need pi_old's
     log-probs from before the update: their ratios then differ from 1 and clipping can act."""
-    cfg = pipeline.PRESETS["micro"].grpo.replace(minibatches=4, lr=1e-2)
+    cfg = pipeline.PRESETS["micro"].grpo.replace(n_minibatches=4, lr=1e-2)
     t = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model),
              cfg, ref=assets.policy, seed=0)
     seen = []
-    orig = t._minibatch
+    orig = t.minibatch_step
 
     def spy(s, mask, logp_old, ref_logp, adv):
         with torch.no_grad():
@@ -254,7 +254,7 @@ def test_grpo_with_several_minibatches_uses_the_rollout_policy_as_pi_old(assets)
         seen.append(None if logp_old is None else ((now - logp_old).abs() * mask).max().item())
         return orig(s, mask, logp_old, ref_logp, adv)
 
-    t._minibatch = spy
+    t.minibatch_step = spy
     t.step()
     assert len(seen) == 4 and None not in seen
     assert seen[0] < 1e-4 and min(seen[1:]) > 1e-3     # the first sees pi_old itself, later ones a moved policy
@@ -282,7 +282,7 @@ def test_missing_end_token_is_penalised(assets):
         return torch.zeros(len(s.response))
 
     t = PPORLHF(copy.deepcopy(assets.policy), assets.tok, assets.prompts, constant,
-                pipeline.PRESETS["micro"].ppo.replace(max_new_tokens=2, missing_eos_penalty=1.5, epochs=1),
+                pipeline.PRESETS["micro"].ppo.replace(max_new_tokens=2, missing_eos_penalty=1.5, n_epochs=1),
                 ref=assets.policy)
     t.step()
     s = calls[-1]
@@ -308,6 +308,40 @@ def test_memory_accounting_counts_what_exists(assets):
              pipeline.PRESETS["micro"].grpo, ref=assets.policy)
     mg = memory.measure_trainer(g, assets.reward_model)
     assert "critic" not in mg["models"] and mg["models"]["policy"]["params"] < pol["params"]  # no value head
+
+
+def test_minibatch_hook_wraps_every_minibatch_step_and_is_removed_after(assets):
+    import contextlib
+
+    t = _ppo(assets)
+    events = []
+
+    @contextlib.contextmanager
+    def hook():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    with t.minibatch_hook(hook):
+        t.step()
+    cfg = t.cfg
+    assert events == ["enter", "exit"] * (cfg.n_epochs * cfg.n_minibatches)
+    t.step()
+    assert len(events) == 2 * cfg.n_epochs * cfg.n_minibatches             # gone after the with block
+
+
+def test_trainers_share_one_base_and_grpo_needs_nothing_private_from_ppo():
+    import inspect
+
+    from ppo_edu.rlhf import grpo
+    from ppo_edu.rlhf import ppo as rlhf_ppo
+    from ppo_edu.rlhf import trainer
+
+    assert issubclass(PPORLHF, trainer.LMTrainer) and issubclass(GRPO, trainer.LMTrainer)
+    assert "from .ppo import" not in inspect.getsource(grpo)
+    for name in ("check_scores", "PromptSampler", "trim"):                # still importable from rlhf.ppo
+        assert getattr(rlhf_ppo, name) is getattr(trainer, name)
+    assert PPORLHF._minibatch is PPORLHF.minibatch_step                    # the old name chapter 10 shows
 
 
 def test_saved_tensor_counter_counts_activations_once():
@@ -369,19 +403,62 @@ def test_tokenizer_without_a_distinct_pad_token_is_rejected(assets):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("minibatches", 3, "minibatches=3 is invalid: must be a divisor of batch_size=64"),
-    ("lam", 1.5, r"lam=1.5 is invalid: must be in \(0, 1\]"),
-    ("kl_coef", -0.1, "kl_coef=-0.1 is invalid: must be >= 0"),
-    ("critic", "both", "critic='both' is invalid"),
+    ("n_minibatches", 3, "RLHFConfig.n_minibatches=3 does not divide batch_size = 64: allowed values are its divisors"),
+    ("lam", 1.5, r"RLHFConfig.lam=1.5 is invalid: allowed values are a number in \(0, 1\]"),
+    ("kl_coef", -0.1, "RLHFConfig.kl_coef=-0.1 is invalid: allowed values are a number >= 0"),
+    ("vf_clip", 0.0, "RLHFConfig.vf_clip=0.0 is invalid: allowed values are None or a number > 0"),
+    ("n_epochs", 1.5, "RLHFConfig.n_epochs=1.5 is invalid: allowed values are integers >= 1"),
+    ("lr", "fast", "RLHFConfig.lr='fast' is invalid: allowed values are a number > 0"),
+    ("critic", "both", "RLHFConfig.critic='both' is invalid: allowed values are 'shared' and 'separate'"),
 ])
 def test_rlhf_config_names_field_value_and_range(field, value, match):
     with pytest.raises(ValueError, match=match):
         RLHFConfig(**{field: value})
 
 
-def test_grpo_config_rejects_groups_of_one():
-    with pytest.raises(ValueError, match="group_size=1 is invalid"):
-        GRPOConfig(group_size=1)
+@pytest.mark.parametrize("field,value,match", [
+    ("group_size", 1, "GRPOConfig.group_size=1 is invalid: allowed values are integers >= 2"),
+    ("n_minibatches", 3, "GRPOConfig.n_minibatches=3 does not divide prompts_per_step \\* group_size = 64"),
+    ("kl_coef", -1.0, "GRPOConfig.kl_coef=-1.0 is invalid: allowed values are a number >= 0"),
+])
+def test_grpo_config_names_field_value_and_range(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        GRPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("cls,old,new,value,new_value", [
+    (RLHFConfig, "epochs", "n_epochs", 2, 2),
+    (RLHFConfig, "minibatches", "n_minibatches", 8, 8),
+    (RLHFConfig, "target_kl", "adaptive_kl_target", 4.0, 4.0),
+    (RLHFConfig, "value_clip_eps", "vf_clip", 0.3, 0.3),
+    (RLHFConfig, "value_clip_eps", "vf_clip", 0.0, None),              # 0 = off became None = off
+    (GRPOConfig, "beta", "kl_coef", 0.1, 0.1),
+    (GRPOConfig, "epochs", "n_epochs", 2, 2),
+    (GRPOConfig, "minibatches", "n_minibatches", 2, 2),
+])
+def test_old_config_names_still_work_with_a_warning(cls, old, new, value, new_value):
+    """The names chapters 10 and 11 used: constructor, replace and attribute reads warn, and mean the new field."""
+    with pytest.warns(DeprecationWarning, match=f"{cls.__name__}.{old} is deprecated: use {new}"):
+        a = cls(**{old: value})
+    with pytest.warns(DeprecationWarning, match=f"use {new}"):
+        b = cls().replace(**{old: value})
+    assert getattr(a, new) == getattr(b, new) == new_value and a == b == cls(**{new: new_value})
+    with pytest.warns(DeprecationWarning, match=f"use {new}"):
+        assert getattr(a, old) == value
+    with pytest.raises(TypeError, match=f"both {old}"), pytest.warns(DeprecationWarning):
+        cls(**{old: value, new: new_value})
+    with pytest.raises(ValueError, match="unknown"):
+        cls().replace(no_such_field=1)
+
+
+def test_grpo_loss_old_beta_keyword_still_works_with_a_warning():
+    g = torch.Generator().manual_seed(0)
+    logp, ref, adv = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(3, generator=g)
+    mask = torch.ones(3, 5)
+    new, _ = grpo_loss(logp, logp, ref, adv, mask, 0.2, kl_coef=0.3)
+    with pytest.warns(DeprecationWarning, match=r"grpo_loss\(beta=\) is deprecated: use kl_coef="):
+        old, _ = grpo_loss(logp, logp, ref, adv, mask, 0.2, beta=0.3)
+    assert old.item() == new.item()
 
 
 # ---------------------------------------------------------------- the whole pipeline from the CLI
@@ -400,3 +477,15 @@ def test_cli_rlhf_micro_writes_a_run_folder(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "rlhf.png").stat().st_size > 5000
     assert "PPO" in capsys.readouterr().out
     assert main(["rlhf", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("n_head", 3, "ModelSize.n_head=3 does not divide n_embd = 32"),
+    ("n_layer", 0, "ModelSize.n_layer=0 is invalid: allowed values are integers >= 1"),
+    ("rm_lr", -1.0, "ModelSize.rm_lr=-1.0 is invalid: allowed values are a number > 0"),
+])
+def test_model_size_names_field_value_and_range(field, value, match):
+    from ppo_edu.rlhf.models import ModelSize
+
+    with pytest.raises(ValueError, match=match):
+        ModelSize(**{"n_layer": 1, "n_head": 2, "n_embd": 32, field: value})

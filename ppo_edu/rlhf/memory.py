@@ -9,6 +9,7 @@ peak over a whole iteration is reported too.
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 
 import torch
@@ -64,27 +65,25 @@ def _optimizer_tensors(opt):
 
 def measure_trainer(trainer, reward_model=None) -> dict:
     """Run one training step of a ``PPORLHF`` or ``GRPO`` trainer and account for its memory in MiB.
+    Activations are counted inside each minibatch step through the trainer's ``minibatch_hook``.
 
     Returns ``{"models": {name: {"params", "grads", "optimizer"}}, "activations", "total",
     "cuda_peak" (None on CPU), "process_peak_rss"}``."""
-    peak_act, orig = [0], trainer._minibatch
+    peak_act = [0]
     weights = {(p.untyped_storage().data_ptr(), p.device) for p in trainer.optimizer.param_groups[0]["params"]}
 
-    def counted(*args, **kwargs):
+    @contextlib.contextmanager
+    def counted():
         with SavedTensorCounter(exclude=weights) as c:
-            out = orig(*args, **kwargs)
+            yield
         peak_act[0] = max(peak_act[0], c.bytes)
-        return out
 
     cuda = trainer.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    trainer._minibatch = counted
-    try:
+    with trainer.minibatch_hook(counted):
         trainer.step()
-    finally:
-        del trainer._minibatch
     models = {"policy": trainer.model, "reference": trainer.ref}
     if getattr(trainer, "critic", None) is not None:
         models["critic"] = trainer.critic

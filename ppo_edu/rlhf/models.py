@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import config as C
 from ..progress import progress
 
 __all__ = ["ModelSize", "SIZES", "gpt2_config", "new_lm", "pretrain", "count_parameters", "from_pretrained"]
@@ -32,6 +33,12 @@ class ModelSize:
     rm_pairs: int = 4000       #: preference pairs labelled by the gold scorer
     rm_epochs: int = 3         #: passes of reward-model training over the pairs
     rm_lr: float = 1e-3        #: reward-model AdamW learning rate
+
+    def __post_init__(self):
+        C.integers(self, "n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "corpus_size", "pretrain_steps",
+                   "pretrain_batch", "rm_pairs", "rm_epochs")
+        C.divides(self, "n_head", self.n_embd, "n_embd")
+        C.numbers(self, C.POSITIVE, "pretrain_lr", "rm_lr")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,40 +19,42 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 
+from .. import config as C
 from .. import distributed
 from ..gae import compute_gae
 from ..losses import clipped_surrogate_loss, value_loss
-from .data import check_tokenizer
-from .policy import Critic, PolicyWithValue, Samples, encode_prompts, response_logprobs, sample
+from .policy import Critic, PolicyWithValue, Samples, response_logprobs
+from .trainer import LMTrainer, PromptSampler, check_scores, trim
 
 __all__ = ["RLHFConfig", "FixedKLController", "AdaptiveKLController", "shaped_rewards", "token_gae",
-           "masked_mean", "masked_whiten", "check_scores", "PromptSampler", "PPORLHF"]
+           "masked_mean", "masked_whiten", "check_scores", "PromptSampler", "trim", "PPORLHF"]
 
 
+@C.renamed_fields(epochs="n_epochs", minibatches="n_minibatches", target_kl="adaptive_kl_target",
+                  value_clip_eps=("vf_clip", lambda v: v or None, lambda v: v or 0.0))
 @dataclass(frozen=True)
 class RLHFConfig:
     """Every knob of PPO-RLHF; validated at construction."""
     batch_size: int = 64            #: prompts (samples) per iteration
     max_new_tokens: int = 24        #: response length limit
     temperature: float = 1.0        #: sampling temperature, also used in every log-prob
-    epochs: int = 4                 #: PPO epochs over each batch
-    minibatches: int = 4            #: minibatches per epoch
+    n_epochs: int = 4               #: PPO epochs over each batch
+    n_minibatches: int = 4          #: minibatches per epoch
     lr: float = 3e-4                #: Adam learning rate
     clip_eps: float = 0.2           #: policy ratio clip
-    value_clip_eps: float = 0.2     #: value clip (0 turns value clipping off)
+    vf_clip: float | None = 0.2     #: value-clipping range (None: no value clipping)
     vf_coef: float = 0.1            #: weight of the value loss
     gamma: float = 1.0              #: discount over tokens
     lam: float = 0.95               #: GAE lambda over tokens
     kl_coef: float = 0.05           #: beta, the KL penalty coefficient (initial value if adaptive)
-    adaptive_kl: bool = False       #: adapt beta toward target_kl
-    target_kl: float = 3.0          #: adaptive controller target, nats per sample
+    adaptive_kl: bool = False       #: adapt beta toward adaptive_kl_target
+    adaptive_kl_target: float = 3.0  #: the adaptive controller's target KL, nats per sample
     kl_horizon: int = 10_000        #: adaptive controller horizon, samples
     whiten_rewards: bool = False    #: scale shaped rewards to unit std (no mean shift)
     whiten_advantages: bool = True  #: whiten advantages over the batch's real tokens
@@ -61,29 +63,20 @@ class RLHFConfig:
     max_grad_norm: float = 1.0      #: gradient-norm clip
 
     def __post_init__(self):
-        _require("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
-        _require("minibatches", self.minibatches, 1 <= self.minibatches <= self.batch_size
-                 and self.batch_size % self.minibatches == 0, f"a divisor of batch_size={self.batch_size}")
-        for name in ("max_new_tokens", "epochs", "kl_horizon"):
-            _require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("temperature", "lr", "clip_eps", "target_kl", "max_grad_norm"):
-            _require(name, getattr(self, name), getattr(self, name) > 0, "> 0")
-        for name in ("gamma", "lam"):
-            _require(name, getattr(self, name), 0 < getattr(self, name) <= 1, "in (0, 1]")
-        for name in ("kl_coef", "vf_coef", "value_clip_eps", "missing_eos_penalty"):
-            _require(name, getattr(self, name), getattr(self, name) >= 0, ">= 0")
-        _require("critic", self.critic, self.critic in ("shared", "separate"), "'shared' or 'separate'")
+        C.integers(self, "batch_size", "max_new_tokens", "n_epochs", "n_minibatches", "kl_horizon")
+        C.divides(self, "n_minibatches", self.batch_size, "batch_size")
+        C.numbers(self, C.POSITIVE, "temperature", "lr", "clip_eps", "adaptive_kl_target", "max_grad_norm")
+        C.numbers(self, C.UNIT_INTERVAL, "gamma", "lam")
+        C.numbers(self, C.NON_NEGATIVE, "kl_coef", "vf_coef", "missing_eos_penalty")
+        C.optional_numbers(self, C.POSITIVE, "vf_clip")
+        C.choice(self, "critic", ("shared", "separate"))
 
     def replace(self, **changes) -> "RLHFConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again)."""
+        return C.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _require(name, value, ok, allowed):
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
 
 
 # ---------------------------------------------------------------- KL controllers (eq. 10.2)
@@ -146,79 +139,21 @@ def token_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, g
     return adv.T * mask, ret.T * mask
 
 
-def check_scores(scores, batch: int) -> torch.Tensor:
-    """Raise a clear error unless a reward function gave ``batch`` finite numbers."""
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"reward_fn must return a torch.Tensor of shape ({batch},); got {type(scores).__name__}")
-    if tuple(scores.shape) != (batch,):
-        raise ValueError(f"reward_fn returned shape {tuple(scores.shape)}; expected ({batch},), one score per sample")
-    bad = (~torch.isfinite(scores)).nonzero().flatten()
-    if len(bad):
-        raise ValueError(f"reward_fn returned non-finite scores (NaN or inf) at rows {bad[:8].tolist()}: "
-                         f"{scores[bad[:8]].tolist()}")
-    return scores.float()
-
-
-class PromptSampler:
-    """Encodes every prompt once (clear errors for empty or too-long ones) and draws seeded batches."""
-
-    def __init__(self, tok, prompts: list[str], max_positions: int, max_new_tokens: int, seed: int, device):
-        check_tokenizer(tok)
-        self.ids, self.mask = encode_prompts(tok, list(prompts), max_positions, max_new_tokens, device)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
-
-    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n prompts with replacement, left padding trimmed to the longest drawn: ``(n, P)`` each."""
-        rows = torch.randint(len(self.ids), (n,), generator=self.gen).to(self.ids.device)
-        ids, mask = self.ids[rows], self.mask[rows]
-        keep = int(mask.sum(1).max())
-        return ids[:, -keep:], mask[:, -keep:]
-
-
-def trim(s: Samples) -> Samples:
-    """Drop columns that are padding in every row: the prompts' common left padding and the responses'
-    common right padding (a minibatch of short samples then costs less; results are unchanged)."""
-    width = max(1, int(s.response_mask.sum(1).max()))
-    keep = int(s.query_mask.sum(1).max())
-    return Samples(s.query[:, -keep:], s.query_mask[:, -keep:], s.response[:, :width], s.response_mask[:, :width],
-                   s.ended)
-
-
-def setup_lm_trainer(trainer, policy, tok, prompts, reward_fn, ref, seed: int) -> None:
-    """What PPO-RLHF and GRPO share: device, rank, seeded prompt sampler and sampling generator,
-    a frozen reference (a copy of ``policy`` unless given), and ``policy`` set trainable."""
-    trainer.reward_fn, trainer.seed = reward_fn, seed
-    trainer.device = next(policy.parameters()).device
-    trainer.dist = distributed.info()       # under torchrun: own prompts and samples per rank, mean gradients
-    rank_seed = seed + 1000 * trainer.dist.rank
-    trainer.prompts = PromptSampler(tok, prompts, policy.config.n_positions, trainer.cfg.max_new_tokens, rank_seed,
-                                    trainer.device)
-    trainer.ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-    policy.requires_grad_(True)
-    trainer.gen = torch.Generator(device=trainer.device).manual_seed(rank_seed)
-    trainer.iteration = 0
-
-
-def probe_reward_fn(trainer) -> None:
-    """Call reward_fn on two short samples now, so a broken one fails before any training."""
-    q, m = trainer.prompts.draw(2)
-    s = sample(trainer.model, q, m, 2, trainer.prompts.eos_id, trainer.prompts.pad_id, trainer.cfg.temperature,
-               torch.Generator(device=trainer.device).manual_seed(trainer.seed + 1))
-    check_scores(trainer.reward_fn(s), 2)
-
-
-class PPORLHF:
+class PPORLHF(LMTrainer):
     """PPO on a causal LM with a KL penalty to a frozen reference (Chapter 10).
 
     ``reward_fn(samples) -> (B,)`` scores whole samples (the reward model, normalised).
     ``policy`` is trained in place; ``ref`` defaults to a frozen copy of it."""
 
+    name, unit, finite_key = "PPO-RLHF", "it", "kl"
+
     def __init__(self, policy, tok, prompts: list[str], reward_fn: Callable[[Samples], torch.Tensor],
                  config: RLHFConfig | None = None, ref=None, seed: int = 0):
-        self.cfg = cfg = config or RLHFConfig()
-        self.tok = tok
-        setup_lm_trainer(self, policy, tok, prompts, reward_fn, ref, seed)
+        super().__init__(policy, tok, prompts, reward_fn, config or RLHFConfig(), ref, seed)
+
+    def build(self, policy) -> None:
+        """The policy with a value head (or a separate critic), Adam over both, and the KL controller."""
+        cfg = self.cfg
         self.model = PolicyWithValue(policy).to(self.device).eval()  # eval: no dropout
         if cfg.critic == "separate":                  # the critic's own head; the shared one stays untrained
             self.critic = Critic(copy.deepcopy(policy.transformer)).to(self.device).eval()
@@ -226,25 +161,22 @@ class PPORLHF:
         else:
             self.critic, params = None, list(self.model.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl \
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
             else FixedKLController(cfg.kl_coef)
-        probe_reward_fn(self)
 
     # ------------------------------------------------------------ one iteration
     def step(self) -> dict:
+        """Collect, shape the rewards (eq. 10.1), GAE over tokens, update, control beta (eq. 10.2)."""
         cfg, t0 = self.cfg, time.perf_counter()
         # --- collect: sample, score, log-probs of policy and reference
-        q, m = self.prompts.draw(cfg.batch_size)
-        s = trim(sample(self.model, q, m, cfg.max_new_tokens, self.prompts.eos_id, self.prompts.pad_id,
-                        cfg.temperature, self.gen))
+        s = self.generate(*self.prompts.draw(cfg.batch_size))
         t_gen = time.perf_counter()
         mask = s.response_mask.float()
         with torch.no_grad():
             old = response_logprobs(self.model, s, cfg.temperature)
             values = self.critic(s) if self.critic else old["values"]
             ref_logp = response_logprobs(self.ref, s, cfg.temperature)["logp"]
-            raw = check_scores(self.reward_fn(s), len(mask))
-            score = raw - cfg.missing_eos_penalty * (~s.ended).float()
+            raw, score = self.score(s)
             # --- shape rewards, GAE over tokens
             rewards, kl = shaped_rewards(score, old["logp"], ref_logp, mask, self.kl_ctl.value)
             if cfg.whiten_rewards:
@@ -254,7 +186,7 @@ class PPORLHF:
                 adv = masked_whiten(adv, mask)
         t_score = time.perf_counter()
         # --- update: epochs of minibatches
-        stats = self._update(s, mask, old["logp"], values, adv, returns)
+        stats = self.update(s, mask, logp_old=old["logp"], values_old=values, adv=adv, returns=returns)
         kl_seq = self._mean_over_ranks(kl.sum(1).mean())
         stats.update(iteration=self.iteration, score=raw.mean().item(), kl=kl_seq, kl_coef=self.kl_ctl.value,
                      non_score_reward=(-self.kl_ctl.value * kl).sum(1).mean().item(),
@@ -266,29 +198,19 @@ class PPORLHF:
         self.last_samples = s
         return stats
 
-    def _update(self, s: Samples, mask, logp_old, values_old, adv, returns) -> dict:
-        cfg, B = self.cfg, len(mask)
-        size, sums, n = B // cfg.minibatches, {}, 0
-        for _ in range(cfg.epochs):
-            order = torch.randperm(B, generator=self.gen, device=self.device) if self.device.type != "cpu" \
-                else torch.randperm(B, generator=self.gen)
-            for k in range(cfg.minibatches):
-                idx = order[k * size:(k + 1) * size]
-                mb = trim(s.index(idx))                                # (b, w): only this minibatch's width
-                w = mb.response.shape[1]
-                info = self._minibatch(mb, mask[idx, :w].bool(), logp_old[idx, :w], values_old[idx, :w],
-                                       adv[idx, :w], returns[idx, :w])
-                for key, v in info.items():
-                    sums[key] = sums.get(key, 0.0) + v
-                n += 1
-        return {k: v / n for k, v in sums.items()}
+    def minibatch_order(self, n: int) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return torch.randperm(n, generator=self.gen, device=self.device)
+        return torch.randperm(n, generator=self.gen)
 
-    def _minibatch(self, s: Samples, m, logp_old, values_old, adv, returns) -> dict:
-        cfg = self.cfg
+    def minibatch_step(self, s: Samples, mask, logp_old, values_old, adv, returns) -> dict:
+        """One gradient step on a minibatch of ``(b, w)`` tokens: Chapter 5's clipped surrogate (eq. 5.3) and
+        Chapter 6's clipped value loss (eq. 6.1), both over the real tokens (``mask``)."""
+        cfg, m = self.cfg, mask.bool()
         out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True)
         values = self.critic(s) if self.critic else out["values"]
         pg_loss, info = clipped_surrogate_loss(out["logp"][m], logp_old[m], adv[m], cfg.clip_eps)
-        vf_loss = value_loss(values[m], returns[m], values_old[m], cfg.value_clip_eps or None)
+        vf_loss = value_loss(values[m], returns[m], values_old[m], cfg.vf_clip)
         loss = pg_loss + cfg.vf_coef * vf_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"iteration {self.iteration}: loss is {loss.item()} "
@@ -303,6 +225,8 @@ class PPORLHF:
                 "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
                 "clip_fraction": info["clip_fraction"].item()}
 
+    _minibatch = minibatch_step    # the old private name (book chapter 10 shows it); use minibatch_step
+
     def _mean_over_ranks(self, x: torch.Tensor) -> float:
         """The mean of a scalar over ranks, so every rank's KL controller sees the same KL."""
         x = x.detach().reshape(1).clone()
@@ -313,23 +237,4 @@ class PPORLHF:
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,
               progress_bar: bool = True) -> list[dict]:
         """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats."""
-        return run_steps(self, iterations, callback, progress_bar, "PPO-RLHF", "it", "kl")
-
-
-def run_steps(trainer, n: int, callback, progress_bar: bool, desc: str, unit: str, finite_key: str) -> list[dict]:
-    """``n`` calls of ``trainer.step()`` with a progress bar (rank 0 only), stopping on a non-finite
-    ``stats[finite_key]``; ``callback(stats)`` after each step. Shared by PPO-RLHF and GRPO."""
-    from ..progress import progress
-
-    history = []
-    with progress(n, progress_bar and trainer.dist.is_main, desc=desc, unit=unit) as bar:
-        for _ in range(n):
-            stats = trainer.step()
-            if not math.isfinite(stats[finite_key]):
-                raise FloatingPointError(f"{desc} iteration {stats['iteration']}: {finite_key} is {stats[finite_key]}")
-            if callback is not None:
-                callback(stats)
-            history.append(stats)
-            bar.update(1)
-            bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
-    return history
+        return self.run(iterations, callback, progress_bar)
