@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 TIMEOUT_S = 10.0
+#: the reference function of the check now running (read by the grader, ``ppo_edu.coursework``, to
+#: tell whether a student's function calls the very reference it is checked against)
+ACTIVE_REFERENCE: contextvars.ContextVar = contextvars.ContextVar("ppo_edu_active_reference", default=None)
 
 
 # ----------------------------------------------------------------------------- results
@@ -146,15 +149,42 @@ def _fmt_inputs(inputs: dict) -> str:
     return "\n".join(f"  {k} = {_fmt(v)}" for k, v in inputs.items())
 
 
+def _tolerance(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(rtol, atol) for the less precise of two results. Both float64: 1e-5, which a correct answer
+    built with float32 masks (``done.float()``, as most PPO code does) reaches and any real mistake
+    misses by orders of magnitude; float32 (and integers): 1e-4 / 1e-5; float16 / bfloat16: 1e-2."""
+    low = {torch.float16, torch.bfloat16}
+    if a.dtype in low or b.dtype in low:
+        return 1e-2, 1e-3
+    if a.dtype == torch.float64 and b.dtype == torch.float64:
+        return 1e-5, 1e-5
+    return 1e-4, 1e-5
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """float64 results must agree to 1e-7 relative; float32 ones (and integers) to 1e-4."""
-    rtol, atol = (1e-7, 1e-9) if (a.dtype == torch.float64 and b.dtype == torch.float64) else (1e-4, 1e-5)
+    rtol, atol = _tolerance(a, b)
     a, b = a.detach().double(), b.detach().double()
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=False))
 
 
 def _same_outputs(got, want) -> bool:
     return len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
+
+
+def _difference(got, want) -> str:
+    """The largest absolute and relative differences and the dtypes, output by output."""
+    lines = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape or _close(g, w):
+            continue
+        diff = (g.detach().double() - w.detach().double()).abs()
+        rel = diff / w.detach().double().abs().clamp_min(1e-12)
+        rtol, atol = _tolerance(g, w)
+        tag = f"output [{i}]: " if len(want) > 1 else ""
+        lines.append(f"{tag}largest difference {diff.max().item():.3g} (absolute), {rel.max().item():.3g} "
+                     f"(relative); allowed {atol:g} + {rtol:g} * |expected|; dtypes: expected {w.dtype}, "
+                     f"received {g.dtype}")
+    return "\n".join(lines)
 
 
 def _diagnose(spec: Spec, case: Case, got) -> str:
@@ -217,15 +247,13 @@ def _check_one(spec: Spec, fn: Callable, case: Case, timeout: float) -> str | No
         if tuple(g.shape) != tuple(e.shape):
             return _failure(spec, case, f"Shape of {tag} is {tuple(g.shape)}; expected {tuple(e.shape)}.",
                             expected, got, _diagnose(spec, case, got))
-        if e.is_floating_point() and g.dtype != e.dtype:
-            return _failure(spec, case, f"dtype of {tag} is {g.dtype}; expected {e.dtype} "
-                                        "(keep the dtype of the inputs).")
         if e.is_floating_point() and not torch.isfinite(g).all() and torch.isfinite(e).all():
             return _failure(spec, case, f"{tag} contains NaN or inf.", expected, got,
                             "look for log(0), exp of a large number, or 0/0; "
                             "log_softmax and logsumexp are the stable forms.")
     if not _same_outputs(got, expected):
-        return _failure(spec, case, "Values differ.", expected, got, _diagnose(spec, case, got))
+        return _failure(spec, case, "Values differ: " + _difference(got, expected), expected, got,
+                        _diagnose(spec, case, got))
     return _check_grads(spec, case, ref_in, expected, stu_in, got)
 
 
@@ -241,19 +269,20 @@ def _check_grads(spec, case, ref_in, expected, stu_in, got) -> str | None:
         if not _close(have, want):
             return _failure(spec, case, f"The loss value is right but its gradient with respect to `{name}` "
                                         f"is not.\nExpected gradient: {_fmt(want)}\nReceived gradient: {_fmt(have)}",
-                            hint=_diagnose_grad(spec, case, name, have))
+                            hint=_diagnose_grad(spec, case, name, have, got))
     return None
 
 
-def _diagnose_grad(spec: Spec, case: Case, name: str, have: torch.Tensor) -> str:
+def _diagnose_grad(spec: Spec, case: Case, name: str, have: torch.Tensor, got) -> str:
+    """The hint whose variant gives the student's loss value *and* gradient on this case."""
     for hint in spec.hints:
         inputs = _clone(case.inputs, spec.grad_wrt)
         try:
-            out = _as_outputs(hint.buggy(**inputs), spec.first_output_only)[0]
-            (grad,) = torch.autograd.grad(out, inputs[name], allow_unused=True)
+            outs = _as_outputs(hint.buggy(**inputs), spec.first_output_only)
+            (grad,) = torch.autograd.grad(outs[0], inputs[name], allow_unused=True)
         except Exception:
             continue
-        if grad is not None and _close(have, grad):
+        if grad is not None and _close(have, grad) and _close(got[0], outs[0]):
             return hint.text
     return ("a clamp or min/max that blocks (or lets through) the wrong gradient, or a missing "
             "stop-gradient (.detach()) on a target.")
@@ -265,10 +294,14 @@ def run_check(spec: Spec, fn: Callable, timeout: float = TIMEOUT_S) -> CheckResu
     if not callable(fn):
         return CheckResult(name, False, f"expected a function, got {type(fn).__name__}")
     cases = sorted(spec.cases(), key=lambda c: c.size)
-    for i, case in enumerate(cases):
-        message = _check_one(spec, fn, case, timeout)
-        if message is not None:
-            return CheckResult(name, False, message, i + 1)
+    token = ACTIVE_REFERENCE.set(spec.reference)
+    try:
+        for i, case in enumerate(cases):
+            message = _check_one(spec, fn, case, timeout)
+            if message is not None:
+                return CheckResult(name, False, message, i + 1)
+    finally:
+        ACTIVE_REFERENCE.reset(token)
     return CheckResult(name, True, f"All {len(cases)} cases agree with ppo_edu's reference "
                                    f"{spec.reference.__module__}.{spec.reference.__name__}.", len(cases))
 

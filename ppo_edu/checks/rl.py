@@ -107,13 +107,21 @@ def _gae_no_lambda(rewards, values, next_values, terminated, truncated, gamma, l
     return compute_gae(rewards, values, next_values, terminated, truncated, gamma, 1.0)
 
 
-def _gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam, delta_gamma=None):
-    """A plain loop; ``delta_gamma`` replaces gamma inside the TD residual only."""
+def _gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam, delta_gamma=None,
+              rec_gamma=True, reset=True, order="backward"):
+    """A plain loop with one known mistake switched on: ``delta_gamma`` replaces gamma inside the TD
+    residual only; ``rec_gamma=False`` drops gamma from the recursion (lam alone); ``reset=False``
+    carries the recursion across episode ends; ``order`` is "backward", "forward", or an off-by-one
+    reversed loop that skips the last ("skip_last") or the first ("skip_first") step."""
     g = gamma if delta_gamma is None else delta_gamma
+    T = len(rewards)
+    steps = {"backward": reversed(range(T)), "forward": range(T), "skip_last": reversed(range(T - 1)),
+             "skip_first": reversed(range(1, T))}[order]
     adv, run = torch.zeros_like(values), torch.zeros_like(values[0])
-    for t in reversed(range(len(rewards))):
+    for t in steps:
         delta = rewards[t] + g * (~terminated[t]).to(values.dtype) * next_values[t] - values[t]
-        run = delta + gamma * lam * (~(terminated[t] | truncated[t])).to(values.dtype) * run
+        alive = (~(terminated[t] | truncated[t])).to(values.dtype) if reset else 1.0
+        run = delta + (gamma if rec_gamma else 1.0) * lam * alive * run
         adv[t] = run
     return adv, adv + values
 
@@ -142,6 +150,17 @@ GAE = Spec("compute_gae", compute_gae, _gae_cases, [
          "is the next row, which after a time limit is the reset observation of a new episode.", _gae_next_row_values),
     Hint("gamma is missing from the TD residual: delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t).",
          lambda **kw: _gae_loop(**kw, delta_gamma=1.0)),
+    Hint("lam without gamma: the recursion discounts by gamma * lam, A_t = delta_t + gamma * lam * (1 - done_t) "
+         "* A_{t+1}.", lambda **kw: _gae_loop(**kw, rec_gamma=False)),
+    Hint("no reset at episode ends: the advantage of the last step of an episode must not include the next "
+         "episode's; multiply A_{t+1} by (1 - done_t), done_t = terminated_t or truncated_t.",
+         lambda **kw: _gae_loop(**kw, reset=False)),
+    Hint("forward loop: A_t depends on A_{t+1}, so iterate t from T - 1 down to 0 (reversed(range(T))).",
+         lambda **kw: _gae_loop(**kw, order="forward")),
+    Hint("off by one in the reversed loop: reversed(range(T)) visits every t from T - 1 down to 0; your loop "
+         "skipped the last step.", lambda **kw: _gae_loop(**kw, order="skip_last")),
+    Hint("off by one in the reversed loop: reversed(range(T)) visits every t from T - 1 down to 0; your loop "
+         "skipped the first step.", lambda **kw: _gae_loop(**kw, order="skip_first")),
 ])
 
 
@@ -187,6 +206,8 @@ def _surr(logp_new, logp_old, advantages, clip_eps, combine=torch.min, sign=-1.0
 
 
 SURROGATE = Spec("clipped_surrogate_loss", clipped_surrogate_loss, _surrogate_cases, [
+    Hint("the ratio is inverted: r = pi_new / pi_old = exp(logp_new - logp_old), not exp(logp_old - logp_new).",
+         lambda logp_new, logp_old, advantages, clip_eps: _surr(logp_old, logp_new, advantages, clip_eps)),
     Hint("max where min belongs: PPO keeps the pessimistic (smaller) of the two surrogates.",
          lambda **kw: _surr(**kw, combine=torch.max)),
     Hint("sign error: return the loss to minimise, -mean(min(r A, clip(r) A)), not the objective.",
@@ -351,6 +372,8 @@ KL1 = Spec("kl_k1", kl_k1, _kl_cases, [
          lambda logp_new, logp_old: (-torch.log(logp_new / logp_old)).mean()),
 ])
 KL3 = Spec("kl_k3", kl_k3, _kl_cases, [
+    Hint("this is k1 = -log r = log pi_old - log pi_new, the plain estimator; k3 = (r - 1) - log r adds r - 1, "
+         "which keeps every sample's estimate non-negative.", lambda logp_new, logp_old: kl_k1(logp_new, logp_old)),
     Hint("k3 = (r - 1) - log r with r = pi_new / pi_old; you used the inverse ratio.",
          lambda logp_new, logp_old: kl_k3(logp_old, logp_new)),
     Hint("the -1 is missing: k3 = (r - 1) - log r, which is 0 when r = 1.",

@@ -30,14 +30,16 @@ def _shaping_cases():
     ]
 
 
-def _shaping_variant(score, logp, ref_logp, mask, kl_coef, where="last", sign=1.0, use_mask=True, coef=True):
+def _shaping_variant(score, logp, ref_logp, mask, kl_coef, where="last", sign=1.0, use_mask=True, coef=True,
+                     penalty=-1.0, overwrite=False):
     kl = sign * (logp - ref_logp) * (mask if use_mask else 1.0)
-    rewards = -(kl_coef if coef else 1.0) * kl
+    rewards = penalty * (kl_coef if coef else 1.0) * kl
     if where == "every":
         rewards = rewards + score[:, None] * mask
     else:
         col = torch.full_like(score, mask.shape[1] - 1).long() if where == "column" else (mask.sum(1) - 1).long()
-        rewards[torch.arange(len(score)), col] += score
+        rows = torch.arange(len(score))
+        rewards[rows, col] = score if overwrite else rewards[rows, col] + score
     return rewards, kl
 
 
@@ -48,6 +50,10 @@ SHAPING = Spec("shaped_rewards", ppo_shaped_rewards, _shaping_cases, [
          lambda **kw: _shaping_variant(**kw, where="column")),
     Hint("KL sign: the per-token estimate is log pi(a_t|s_t) - log pi_ref(a_t|s_t), and the reward is minus beta times it.",
          lambda **kw: _shaping_variant(**kw, sign=-1.0)),
+    Hint("KL penalty sign: the reward is the score minus beta times the KL, r_t = -beta * kl_t (+ score on the "
+         "last token); you added the KL.", lambda **kw: _shaping_variant(**kw, penalty=1.0)),
+    Hint("add the score to the last real token's reward, do not overwrite it: that token also carries its own "
+         "KL penalty, r_last = score - beta * kl_last.", lambda **kw: _shaping_variant(**kw, overwrite=True)),
     Hint("multiply the KL by the mask: padding after the end token carries no KL and no reward.",
          lambda **kw: _shaping_variant(**kw, use_mask=False)),
     Hint("the KL penalty is scaled by kl_coef (beta).", lambda **kw: _shaping_variant(**kw, coef=False)),
@@ -58,6 +64,9 @@ def _token_gae_cases():
     return [
         Case("one response of 3 tokens, gamma 1", dict(rewards=_t([[0.0, 0.0, 1.0]]), values=_t([[0.5, 0.2, 0.8]]),
                                                       mask=_t([[1.0, 1.0, 1.0]]), gamma=1.0, lam=0.95), 3),
+        Case("two responses of 3 tokens, no padding: each response is its own episode",
+             dict(rewards=_t([[0.0, 0.5, 1.0], [0.2, 0.0, -1.0]]), values=_t([[0.1, 0.4, 0.3], [0.6, -0.2, 0.5]]),
+                  mask=_t([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]), gamma=1.0, lam=0.9), 6),
         Case("lengths 2 and 4 (padded), values on pads must not leak",
              dict(rewards=_randn((2, 4), 31), values=_randn((2, 4), 32), mask=_seq_mask([2, 4], 4), gamma=1.0,
                   lam=0.9), 8),
@@ -68,17 +77,18 @@ def _token_gae_cases():
     ]
 
 
-def _token_gae_loop(rewards, values, mask, gamma, lam, mask_values=True, terminal=True, lam_on=True, add_values=True):
+def _token_gae_loop(rewards, values, mask, gamma, lam, mask_values=True, terminal=True, lam_on=True, add_values=True,
+                    carry=False, gamma_on=True):
     B, R = rewards.shape
-    adv = torch.zeros_like(rewards)
+    adv, run = torch.zeros_like(rewards), 0.0
     v = values * mask if mask_values else values
     for i in range(B):
-        n, run = int(mask[i].sum()), 0.0
+        n, run = int(mask[i].sum()), (run if carry else 0.0)
         last = n if terminal else R
         for t in reversed(range(last)):
             nxt = v[i, t + 1] if t + 1 < (n if terminal else R) else 0.0
             delta = rewards[i, t] * mask[i, t] + gamma * nxt - v[i, t]
-            run = delta + gamma * (lam if lam_on else 1.0) * run
+            run = delta + (gamma if gamma_on else 1.0) * (lam if lam_on else 1.0) * run
             adv[i, t] = run
     adv = adv * mask
     return adv, (adv + v) * mask if add_values else adv
@@ -87,8 +97,12 @@ def _token_gae_loop(rewards, values, mask, gamma, lam, mask_values=True, termina
 TOKEN_GAE = Spec("token_gae", ppo_token_gae, _token_gae_cases, [
     Hint("the last real token is terminal: do not bootstrap from (or run the recursion through) the padding after it.",
          lambda **kw: _token_gae_loop(**kw, terminal=False, mask_values=False)),
+    Hint("reset the accumulator for each response: the advantage of one response must not flow into the one "
+         "before it in the batch (each response is its own episode).", lambda **kw: _token_gae_loop(**kw, carry=True)),
     Hint("lambda is missing from the recursion: A_t = delta_t + gamma * lam * A_{t+1}.",
          lambda **kw: _token_gae_loop(**kw, lam_on=False)),
+    Hint("lam without gamma: the recursion discounts by gamma * lam, A_t = delta_t + gamma * lam * A_{t+1}.",
+         lambda **kw: _token_gae_loop(**kw, gamma_on=False)),
     Hint("the returns are the value targets: returns = advantages + values.",
          lambda **kw: _token_gae_loop(**kw, add_values=False)),
 ])
