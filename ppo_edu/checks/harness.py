@@ -225,9 +225,10 @@ def _check_one(spec: Spec, fn: Callable, case: Case, timeout: float) -> str | No
     except _Timeout:
         return _failure(spec, case, f"Your function ran for more than {timeout:g} s (an infinite loop?).")
     except Exception as err:  # the student's error, reported, never raised
-        where = traceback.extract_tb(err.__traceback__)[-1]
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        lineno, line = getattr(err, "student_where", None) or (frame.lineno, frame.line)  # graded: from the sandbox
         return _failure(spec, case, f"Your function raised {type(err).__name__}: {err}\n"
-                                    f"  at line {where.lineno}: {where.line}")
+                                    f"  at line {lineno}: {line}")
     for k, v in case.inputs.items():
         if torch.is_tensor(v) and not torch.equal(stu_in[k].detach(), v):
             return _failure(spec, case, f"Your function modified its input `{k}` in place; work on a copy.")
