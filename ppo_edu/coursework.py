@@ -31,7 +31,7 @@ import io
 import json
 import os
 import re
-import tempfile
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,9 +293,10 @@ def _run_cells(box: Box, cells: list[Cell], notes: dict) -> _Run:
 
 
 def grade_one(source, sub: Submission, limits: Limits = Limits(), sandbox: str = "bubblewrap",
-              protect: tuple = ()) -> list[GradeRow]:
+              protect: tuple = (), box: Box | None = None) -> list[GradeRow]:
     """Grade one submission (already read into memory) against the teacher's ``source`` notebook.
-    ``sandbox`` is "bubblewrap" or "NONE: why"; ``protect`` lists paths the student must not see."""
+    ``sandbox`` is "bubblewrap" or "NONE: why"; ``protect`` lists paths the student must not see;
+    ``box`` is the student's process if one was started ahead (it is closed here)."""
     tests = exercises(source)
 
     def row(t, passed, message):
@@ -307,15 +308,15 @@ def grade_one(source, sub: Submission, limits: Limits = Limits(), sandbox: str =
             raise ValueError(sub.problem)
         cells, notes = merge(source, sub)
     except ValueError as err:
-        return [row(t, False, str(err)) for t in tests]
-    with tempfile.TemporaryDirectory(prefix="ppo-edu-grade-") as tmp:
-        work = Path(tmp) / "work"
-        work.mkdir()
-        box = Box(limits, list(protect), sandbox == "bubblewrap", work)
-        try:
-            run = _run_cells(box, cells, notes)
-        finally:
+        if box is not None:
             box.close()
+        return [row(t, False, str(err)) for t in tests]
+    box = box or Box(limits, list(protect), sandbox == "bubblewrap")
+    try:
+        box.start()
+        run = _run_cells(box, cells, notes)
+    finally:
+        box.close()
     return [row(t, *_verdict(t, run)) for t in tests]
 
 
@@ -377,8 +378,9 @@ def grade(submissions_dir, assignment, out_csv, timeout: float = 300, feedback_d
     why_not = sandbox_available()
     sandbox = "bubblewrap" if why_not is None else f"NONE: {why_not}"
     if why_not:
-        log(f"WARNING: NO SANDBOX: {why_not}. Students' code runs with this user's rights (time, memory and "
-            "process-group limits still apply); install bubblewrap to isolate it.")
+        print(f"WARNING: NO SANDBOX: {why_not}. Students' code runs with this user's rights and can read and "
+              "write what this user can (time, memory and process-group limits still apply); install bubblewrap "
+              "(apt-get install bubblewrap) to isolate it.", file=sys.stderr, flush=True)
     protect = (Path(submissions_dir), Path(assignment), out_csv.parent, feedback)
     state_path = out_csv.with_name(out_csv.name + ".state.json")
     key = _state_key(source_bytes or b"", only_exercises, limits)
@@ -391,17 +393,30 @@ def grade(submissions_dir, assignment, out_csv, timeout: float = 300, feedback_d
 def _grade_all(source, subs, limits, sandbox, protect, done, state_path, key, progress) -> list[GradeRow]:
     from tqdm.auto import tqdm
 
+    todo = [s for s in subs if not _cached(done, s)]
     rows: list[GradeRow] = []
-    for sub in tqdm(subs, desc="grading", unit="submission", disable=not progress):
-        cached = done.get(sub.student)
-        if cached and cached.get("sha256") == sub.sha256 and cached.get("file") == sub.name and sub.sha256:
-            rows += [GradeRow(**r) for r in cached["rows"]]
-            continue
-        mine = grade_one(source, sub, limits, sandbox, protect)
-        rows += mine
-        done[sub.student] = {"sha256": sub.sha256, "file": sub.name, "rows": [asdict(r) for r in mine]}
-        _atomic_write(state_path, json.dumps({"key": key, "students": done}).encode())
+    ahead: dict[str, Box] = {}   # the next student's process starts while this one is graded
+    try:
+        for sub in tqdm(subs, desc="grading", unit="submission", disable=not progress):
+            if _cached(done, sub):
+                rows += [GradeRow(**r) for r in done[sub.student]["rows"]]
+                continue
+            nxt = todo[todo.index(sub) + 1] if todo.index(sub) + 1 < len(todo) else None
+            if nxt is not None and not nxt.problem:
+                ahead[nxt.student] = Box(limits, list(protect), sandbox == "bubblewrap")
+            mine = grade_one(source, sub, limits, sandbox, protect, ahead.pop(sub.student, None))
+            rows += mine
+            done[sub.student] = {"sha256": sub.sha256, "file": sub.name, "rows": [asdict(r) for r in mine]}
+            _atomic_write(state_path, json.dumps({"key": key, "students": done}).encode())
+    finally:
+        for box in ahead.values():
+            box.close()
     return rows
+
+
+def _cached(done: dict, sub: Submission) -> bool:
+    entry = done.get(sub.student)
+    return bool(entry and sub.sha256 and entry.get("sha256") == sub.sha256 and entry.get("file") == sub.name)
 
 
 def _write_outputs(rows: list[GradeRow], out_csv: Path, feedback: Path, assignment: str, log) -> None:

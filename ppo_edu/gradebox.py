@@ -32,6 +32,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -74,18 +75,19 @@ class Unencodable(TypeError):
     pass
 
 
-def encode(x, depth: int = 0):
-    """Tensors, arrays, numbers, strings, None and tuples / lists / dicts of them, as JSON."""
+def encode(x, depth: int = 0, other=None):
+    """Tensors, arrays, numbers, strings, None and tuples / lists / dicts of them, as JSON; anything
+    else is ``other(x)`` (a handle, in the student's process) or an :class:`Unencodable` error."""
     import torch
 
     if depth > 20:
         raise Unencodable("nested too deeply")
     if x is None or isinstance(x, (bool, int, float, str)):
         return x if not isinstance(x, int) or abs(x) < 2 ** 62 else float(x)
-    if isinstance(x, (tuple, list)):
-        return {"t": type(x).__name__, "v": [encode(v, depth + 1) for v in x]}
-    if isinstance(x, dict) and all(isinstance(k, str) for k in x):
-        return {"t": "dict", "v": {k: encode(v, depth + 1) for k, v in x.items()}}
+    if type(x) in (tuple, list):
+        return {"t": type(x).__name__, "v": [encode(v, depth + 1, other) for v in x]}
+    if type(x) is dict and all(isinstance(k, str) for k in x):
+        return {"t": "dict", "v": {k: encode(v, depth + 1, other) for k, v in x.items()}}
     if torch.is_tensor(x):
         t = x.detach().cpu()
         name = str(t.dtype).removeprefix("torch.")
@@ -93,6 +95,8 @@ def encode(x, depth: int = 0):
         return {"t": "tensor", "dtype": name, "grad": bool(x.requires_grad), **_array(t.contiguous().numpy())}
     if isinstance(x, (np.ndarray, np.generic)) and x.dtype.name in _NP_DTYPES:
         return {"t": "ndarray" if isinstance(x, np.ndarray) else "npscalar", "dtype": x.dtype.name, **_array(x)}
+    if other is not None:
+        return {"t": "object", "v": other(x)}
     raise Unencodable(type(x).__name__)
 
 
@@ -101,17 +105,20 @@ def _array(a: np.ndarray) -> dict:
     return {"shape": list(a.shape), "np": a.dtype.name, "data": base64.b64encode(a.tobytes()).decode()}
 
 
-def decode(x):
+def decode(x, other=None):
+    """The inverse of :func:`encode`; ``other`` turns an object handle into a stand-in."""
     import torch
 
     if not isinstance(x, dict):
         return x
     kind = x.get("t")
     if kind in ("tuple", "list"):
-        items = [decode(v) for v in x["v"]]
+        items = [decode(v, other) for v in x["v"]]
         return tuple(items) if kind == "tuple" else items
     if kind == "dict":
-        return {str(k): decode(v) for k, v in x["v"].items()}
+        return {str(k): decode(v, other) for k, v in x["v"].items()}
+    if kind == "object" and other is not None:
+        return other(x["v"])
     if kind in ("tensor", "ndarray", "npscalar"):
         if x["np"] not in _NP_DTYPES:
             raise ValueError(f"dtype {x['np']!r} is not allowed")
@@ -147,9 +154,14 @@ class _Server:
             except EOFError:
                 return
             try:
+                _BUSY.set()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 reply = getattr(self, "op_" + msg["op"])(msg)
             except KeyboardInterrupt:
                 reply = {"error": "KeyboardInterrupt: interrupted by the grader's time limit"}
+            finally:
+                _BUSY.clear()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle: a late interrupt must not kill us
             reply["id"] = msg.get("id")
             send(self.wfd, reply)
 
@@ -163,13 +175,13 @@ class _Server:
 
         if isinstance(obj, types.ModuleType):
             return {"kind": "module", "module": obj.__name__}
-        try:
-            return {"kind": "value", "value": encode(obj)}
-        except Unencodable:
-            pass
+        return {"kind": "value", "value": encode(obj, other=self._handle)}
+
+    def _handle(self, obj) -> dict:
         self.handles[id(obj)] = obj
+        name = getattr(obj, "__name__", type(obj).__name__)
         return {"kind": "object", "handle": id(obj), "type": type(obj).__name__, "callable": callable(obj),
-                "name": getattr(obj, "__name__", type(obj).__name__)}
+                "name": name if isinstance(name, str) else type(obj).__name__}
 
     def op_describe(self, msg) -> dict:
         ns = self.shell.user_ns
@@ -242,10 +254,14 @@ def _grads(out, inputs) -> dict | None:
     return {str(i): encode(g) for i, g in zip(wanted, grads) if g is not None}
 
 
+_BUSY = threading.Event()
+
+
 def _control(cfd: int) -> None:
     """The grader writes one byte here to interrupt a cell or call that ran past its time limit."""
     while os.read(cfd, 1):
-        os.kill(os.getpid(), signal.SIGINT)
+        if _BUSY.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 # ----------------------------------------------------------------------------- the grader's side
@@ -329,9 +345,12 @@ def _set_limits(limits: Limits):
 class Box:
     """One student's process, and the pipes to it. ``close()`` kills its whole process group."""
 
-    def __init__(self, limits: Limits, protect: list[Path], sandboxed: bool, workdir: Path):
+    def __init__(self, limits: Limits, protect: list[Path], sandboxed: bool):
         self.limits, self.sandboxed = limits, sandboxed
-        self.notebook_deadline = time.monotonic() + limits.notebook_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="ppo-edu-grade-")
+        workdir = Path(self._tmp.name) / "work"
+        workdir.mkdir()
+        self.notebook_deadline = math.inf  # set by start(): a box may be started ahead of its turn
         self.cell_deadline = math.inf
         self.dead: str | None = None
         self.reference_hits: set[str] = set()
@@ -351,6 +370,10 @@ class Box:
                                          preexec_fn=_set_limits(limits))
         for fd in (req_r, rep_w, ctl_r):
             os.close(fd)
+
+    def start(self) -> None:
+        """Start the clock of the whole-submission time limit."""
+        self.notebook_deadline = time.monotonic() + self.limits.notebook_s
 
     # ------------------------------------------------------------------ requests
     def request(self, msg: dict, limit_s: float) -> dict:
@@ -386,12 +409,12 @@ class Box:
         whole = deadline >= self.notebook_deadline
         what = (f"the whole submission ran longer than {self.limits.notebook_s:g} s" if whole else
                 f"ran longer than {self.limits.cell_s:g} s")
-        if not whole and self._recover(want):
+        if not whole and self._recover(want, what):
             return {"error": f"TimeoutError: {what} and was interrupted (an infinite loop?)", "timeout": True}
         self._stop(self._status(f"{what} and was stopped"))
         raise StudentGone(self.dead)
 
-    def _recover(self, want: int, grace: float = 3.0) -> bool:
+    def _recover(self, want: int, what: str = "ran past a time limit", grace: float = 2.0) -> bool:
         """Interrupt the running cell or call; True if the process answered, else it is stopped."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
@@ -404,7 +427,7 @@ class Box:
             pass
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self._stop(self._status("could not be interrupted after its time limit and was stopped"))
+        self._stop(self._status(f"{what}, could not be interrupted and was stopped"))
         return False
 
     def _status(self, fallback: str) -> str:
@@ -413,7 +436,7 @@ class Box:
         except subprocess.TimeoutExpired:
             return f"the student's process {fallback}"
         if code < 0 or (self.sandboxed and code > 128):
-            sig = -code if code < 0 else code - 128
+            sig = -code if code < 0 else code - 128  # bubblewrap exits with 128 + N
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             return f"the student's process died with signal {sig} ({name})"
         return f"the student's process exited with status {code}"
@@ -434,6 +457,7 @@ class Box:
             except OSError:
                 pass
         self._req = self._rep = self._ctl = -1
+        self._tmp.cleanup()
 
     # ------------------------------------------------------------------ cells and names
     def run_cell(self, source: str) -> str | None:
@@ -453,7 +477,7 @@ class Box:
     def materialise(self, info: dict):
         kind = info.get("kind")
         if kind == "value":
-            return decode(info["value"])
+            return decode(info["value"], self.materialise)
         if kind == "module":
             return importlib.import_module(str(info["module"]))
         base = RemoteFunction if info.get("callable") else RemoteObject
@@ -580,9 +604,15 @@ _Attached = _LazyAttached()
 
 def main(argv: list[str]) -> None:
     rfd, wfd, cfd = (int(a) for a in argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_control, args=(cfd,), daemon=True).start()
     builtins.__dict__.setdefault("display", print)
-    _Server(rfd, wfd).loop()
+    server = _Server(rfd, wfd)
+    try:  # while the grader is busy with the previous student: most chapters need these
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    server.loop()
 
 
 if __name__ == "__main__":
