@@ -244,20 +244,53 @@ class _Run:
     fatal: str = ""                                # why the student's process stopped, if it did
 
 
-def _loaded_names(source: str) -> list[str]:
+def _parse(source: str):
     try:
-        tree = ast.parse(source)
+        return ast.parse(source)
     except SyntaxError:
-        return []
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        return ast.parse("")
+
+
+def _bound_names(source: str) -> set[str]:
+    """Names a cell binds: definitions, assignments, imports (what a solution cell produces)."""
+    names = set()
+    for n in ast.walk(_parse(source)):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            names.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    return names
+
+
+def _teacher_imports(cells: list[Cell]) -> dict:
+    """The checker's namespace: the imports of the teacher's own cells, done here, so a test cell's
+    ``check_...`` is the grader's untouched one whatever the student's process holds under that name."""
+    ns = {"__name__": "__main__", "display": lambda *a, **k: None}
+    for cell in cells:
+        if cell.kind != "code":
+            continue
+        for node in ast.walk(_parse(cell.source)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                try:
+                    exec(compile(ast.Module([node], []), "<teacher import>", "exec"), ns)
+                except Exception:  # a module the grader lacks: the name comes from the student's process
+                    pass
+    return ns
+
+
+def _loaded_names(source: str) -> list[str]:
+    names = {n.id for n in ast.walk(_parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     return sorted(n for n in names if not hasattr(builtins, n))
 
 
-def _run_test(box: Box, ns: dict, cell: Cell) -> tuple[bool, str]:
-    """The teacher's test cell, in the grader's process, against the student's current names."""
+def _run_test(box: Box, ns: dict, cell: Cell, theirs: set) -> tuple[bool, str]:
+    """The teacher's test cell, in the grader's process, against the student's current names: those
+    the student's cells bind (``theirs``) and any the teacher's imports did not provide."""
     box.reference_hits.clear()
     try:
-        box.bind(ns, _loaded_names(cell.source))
+        box.bind(ns, [n for n in _loaded_names(cell.source) if n in theirs or n not in ns])
         box.cell_deadline = time.monotonic() + box.limits.cell_s
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             exec(compile(cell.source, f"<test cell {cell.grade_id}>", "exec"), ns)
@@ -275,10 +308,12 @@ def _run_test(box: Box, ns: dict, cell: Cell) -> tuple[bool, str]:
 
 def _run_cells(box: Box, cells: list[Cell], notes: dict) -> _Run:
     run = _Run(problems=dict(notes))
-    ns = {"__name__": "__main__", "display": lambda *a, **k: None}
+    ns = _teacher_imports(cells)
+    theirs = set().union(*(_bound_names(c.source) for c in cells if c.kind == "solution"))
     for cell in cells:
         if cell.kind == "test":
-            run.outcome[cell.grade_id] = _run_test(box, ns, cell) if not box.dead else (False, "test did not run")
+            run.outcome[cell.grade_id] = (_run_test(box, ns, cell, theirs) if not box.dead else
+                                          (False, "test did not run"))
             run.fatal = run.fatal or (box.dead or "")
             continue
         if box.dead:

@@ -101,8 +101,7 @@ def encode(x, depth: int = 0, other=None):
 
 
 def _array(a: np.ndarray) -> dict:
-    a = np.ascontiguousarray(a)
-    return {"shape": list(a.shape), "np": a.dtype.name, "data": base64.b64encode(a.tobytes()).decode()}
+    return {"shape": list(np.shape(a)), "np": a.dtype.name, "data": base64.b64encode(a.tobytes(order="C")).decode()}
 
 
 def decode(x, other=None):

@@ -131,12 +131,14 @@ def test_grading_a_batch(assignment, tmp_path):
     assert not by["cy", "returns_test"].passed and "SyntaxError" in by["cy", "returns_test"].message
     assert not by["dee", "returns_test"].passed and "longer than 8 s" in by["dee", "returns_test"].message
     assert by["dee", "k3_test"].passed  # the batch and the notebook go on after a timeout
-    assert not by["eve", "returns_test"].passed and "kernel died" in by["eve", "returns_test"].message
+    assert not by["eve", "returns_test"].passed and "process exited with status 1" in by["eve", "returns_test"].message
+    assert not by["eve", "k3_test"].passed and "test did not run" in by["eve", "k3_test"].message
     assert not by["fay", "returns_test"].passed and "missing from the submission" in by["fay", "returns_test"].message
     assert not by["hal", "k3_test"].passed and "not a readable notebook" in by["hal", "k3_test"].message
     with open(tmp_path / "grades.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 16 and set(table[0]) == {"student", "exercise", "points", "max_points", "passed", "message"}
+    assert len(table) == 16 and set(table[0]) == {"student", "exercise", "points", "max_points", "passed", "message",
+                                                  "file", "sha256", "sandbox"}
     feedback = (tmp_path / "feedback" / "bob.md").read_text()
     assert "Score: 1 / 3" in feedback and "episode boundary" in feedback
 
