@@ -159,3 +159,31 @@ def test_solution_markers_regex_keeps_indentation():
     src = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
     assert SOLUTION.sub(lambda m: f"{m.group(1)}X{m.group(2)}", src) == "def f():\n    X\n"
     assert json.dumps(src)  # plain text in, plain text out
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(assignment, tmp_path, monkeypatch, capsys):
+    import ppo_edu.coursework as cw
+
+    _, teacher, student = assignment
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("amy", "ben"):
+        _submission(student, subs / f"{name}.ipynb")
+    real, calls = cw.grade_one, []
+
+    def interrupted_at_ben(source, sub, *args, **kwargs):
+        calls.append(sub.student)
+        if sub.student == "ben" and len(calls) == 2:
+            raise KeyboardInterrupt  # the teacher presses ^C while ben is graded
+        return real(source, sub, *args, **kwargs)
+
+    monkeypatch.setattr(cw, "grade_one", interrupted_at_ben)
+    argv = ["grade", str(subs), "--assignment", str(teacher), "--out", str(tmp_path / "g.csv"), "--no-progress"]
+    assert main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not (tmp_path / "g.csv").exists()
+    assert main(argv) == 0
+    assert calls == ["amy", "ben", "ben"]  # amy was not graded again
+    assert "amy: 0 / 3" in capsys.readouterr().out
+    (subs / "amy.ipynb").write_text((subs / "amy.ipynb").read_text().replace("raise NotImplementedError", "pass"))
+    assert main(argv) == 0 and calls[-1] == "amy"  # a changed file is graded again

@@ -1,0 +1,59 @@
+"""The grader's wire format: what crosses from the student's process is data, never code."""
+import base64
+
+import numpy as np
+import pytest
+import torch
+
+from ppo_edu.gradebox import Unencodable, check_limits, decode, encode
+
+
+@pytest.mark.parametrize("value", [
+    torch.tensor(0.5, dtype=torch.float64), torch.zeros(3, 0), torch.tensor([[True, False]]),
+    torch.arange(6).reshape(2, 3), (torch.ones(2), {"clip_fraction": 0.25, "kl": torch.tensor(0.1)}),
+    [1, 2.5, None, "text", (np.float32(1.5), np.arange(3))], torch.tensor([1.0, 2.0], dtype=torch.bfloat16)])
+def test_round_trip_keeps_values_shapes_and_dtypes(value):
+    back = decode(encode(value))
+    flat_a, flat_b = _flatten(value), _flatten(back)
+    assert len(flat_a) == len(flat_b)
+    for a, b in zip(flat_a, flat_b):
+        assert type(a) is type(b)
+        if torch.is_tensor(a):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        elif isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        else:
+            assert a == b
+
+
+def _flatten(x):
+    if isinstance(x, (tuple, list)):
+        return [y for v in x for y in _flatten(v)]
+    if isinstance(x, dict):
+        return [y for v in x.values() for y in _flatten(v)]
+    return [x]
+
+
+def test_gradient_requests_travel_with_the_tensor():
+    back = decode(encode(torch.ones(2, requires_grad=True)))
+    assert back.requires_grad and back.is_leaf
+
+
+def test_objects_are_not_sent_and_object_dtypes_are_refused():
+    class Anything:
+        def __eq__(self, other):
+            return True
+
+    with pytest.raises(Unencodable):
+        encode(Anything())
+    with pytest.raises(Unencodable):
+        encode(np.array([Anything()], dtype=object))
+    evil = {"t": "ndarray", "np": "object", "shape": [1], "data": base64.b64encode(b"\0" * 8).decode()}
+    with pytest.raises(ValueError, match="not allowed"):
+        decode(evil)
+
+
+@pytest.mark.parametrize("value", [0, -5, float("nan"), float("inf"), "10"])
+def test_limits_must_be_finite_and_positive(value):
+    with pytest.raises(ValueError, match="--notebook-timeout must be a finite number > 0"):
+        check_limits(notebook_timeout=value)
