@@ -323,7 +323,8 @@ def _run_cells(box: Box, cells: list[Cell], notes: dict) -> _Run:
         except StudentGone as gone:
             error = run.fatal = str(gone)
         if error and cell.kind == "solution":
-            run.problems[cell.grade_id] = f"failed: {error}"
+            note = run.problems.get(cell.grade_id)
+            run.problems[cell.grade_id] = f"{note + ', and ' if note else ''}failed: {error}"
     return run
 
 
@@ -350,13 +351,15 @@ def grade_one(source, sub: Submission, limits: Limits = Limits(), sandbox: str =
     try:
         box.start()
         run = _run_cells(box, cells, notes)
+    except StudentGone as gone:
+        run = _Run(problems=notes, fatal=str(gone))
     finally:
         box.close()
     return [row(t, *_verdict(t, run)) for t in tests]
 
 
 def _verdict(t: Exercise, run: _Run) -> tuple[bool, str]:
-    passed, message = run.outcome.get(t.grade_id, (False, "test did not run: the test cell is missing"))
+    passed, message = run.outcome.get(t.grade_id, (False, "test did not run"))
     if passed:
         return True, message
     # a solution cell belongs to the tests whose grade_id starts with its own

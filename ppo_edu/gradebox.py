@@ -362,7 +362,7 @@ class Box:
         home = "/tmp/work" if sandboxed else str(workdir)
         cmd = bwrap_command(protect) + [a for k, v in student_env(home).items() for a in ("--setenv", k, v)] + cmd \
             if sandboxed else cmd
-        self.log = workdir.parent / "student.log"
+        self.log = Path(self._tmp.name) / "student.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, pass_fds=(req_r, rep_w, ctl_r), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, cwd=workdir, env=student_env(home), start_new_session=True,
@@ -370,8 +370,17 @@ class Box:
         for fd in (req_r, rep_w, ctl_r):
             os.close(fd)
 
-    def start(self) -> None:
-        """Start the clock of the whole-submission time limit."""
+    def start(self, startup_s: float = 120.0) -> None:
+        """Wait until the process is ready (imports done), then start the whole-submission clock."""
+        try:
+            if not select.select([self._rep], [], [], startup_s)[0]:
+                self._stop(self._status(f"did not start within {startup_s:g} s and was stopped"))
+                raise StudentGone(self.dead)
+            recv(self._rep)
+        except (OSError, EOFError, ValueError):
+            tail = self.log.read_bytes()[-300:].decode(errors="replace").strip().splitlines()
+            self._stop(self._status("could not start") + (f": {tail[-1]}" if tail else ""))
+            raise StudentGone(self.dead) from None
         self.notebook_deadline = time.monotonic() + self.limits.notebook_s
 
     # ------------------------------------------------------------------ requests
@@ -611,6 +620,7 @@ def main(argv: list[str]) -> None:
         import torch  # noqa: F401
     except ImportError:
         pass
+    send(wfd, {"id": 0, "ready": True})  # the time limits start counting from here
     server.loop()
 
 

@@ -90,6 +90,15 @@ ppo_edu.gae.compute_gae = my_compute_gae''',
         "daemon": ("import subprocess\nsubprocess.Popen(['sh', '-c', 'sleep 1; echo owned >> "
                    f"{out}/grades.csv; echo owned >> {subs}/ada.ipynb'], start_new_session=True)\n" + _solutions()),
         "syntax": "def my_compute_gae(rewards, values)\n    return rewards",
+        "snoop": f'''import os
+def my_compute_gae(*args):
+    seen = [n for d in ({str(subs)!r}, {str(out)!r}) if os.path.isdir(d)
+            for n in os.listdir(d)]
+    try:
+        answer = open({str(assignment)!r}).read()
+    except OSError as err:
+        answer = type(err).__name__
+    raise ValueError(f"saw {{seen}} and {{answer[:40]}}")''',
     }
 
 
@@ -161,6 +170,7 @@ def test_correct_answers_written_differently_pass(batch):
     ("alwaysequal", "returned a Anything; expected a torch tensor"),
     ("memory", "MemoryError"),
     ("syntax", "SyntaxError"),
+    ("snoop", "ValueError: saw [] and PermissionError"),
     ("deleted", "is missing from the submission"),
     ("garbage", "not a readable notebook"),
     ("notes", "not a notebook or .py module"),
