@@ -285,10 +285,11 @@ def _loaded_names(source: str) -> list[str]:
     return sorted(n for n in names if not hasattr(builtins, n))
 
 
-def _run_test(box: Box, ns: dict, cell: Cell, theirs: set) -> tuple[bool, str]:
+def _run_test(box: Box, ns: dict, cell: Cell, theirs: set, theirs_source: str) -> tuple[bool, str]:
     """The teacher's test cell, in the grader's process, against the student's current names: those
     the student's cells bind (``theirs``) and any the teacher's imports did not provide."""
     box.reference_hits.clear()
+    box.references_checked.clear()
     try:
         box.bind(ns, [n for n in _loaded_names(cell.source) if n in theirs or n not in ns])
         box.cell_deadline = time.monotonic() + box.limits.cell_s
@@ -300,19 +301,35 @@ def _run_test(box: Box, ns: dict, cell: Cell, theirs: set) -> tuple[bool, str]:
         return False, f"test: {type(err).__name__}: {err}"
     finally:
         box.cell_deadline = float("inf")
-    if box.reference_hits:
-        return False, (f"uses the reference implementation ({', '.join(sorted(box.reference_hits))}): "
+    hits = box.reference_hits | _imports_of(box.references_checked, theirs_source)
+    if hits:
+        return False, (f"uses the reference implementation ({', '.join(sorted(hits))}): "
                        "the exercise is to write it yourself")
     return True, "passed"
+
+
+def _imports_of(references, sources: str) -> set[str]:
+    """The references that the solution cells import or name by their module path (found in the
+    source, so it does not depend on anything the student's process reports)."""
+    hits, tree = set(), _parse(sources)
+    for ref in references:
+        module, name = ref.__module__, ref.__name__
+        for n in ast.walk(tree):
+            imported = isinstance(n, ast.ImportFrom) and n.module == module and any(a.name == name for a in n.names)
+            named = isinstance(n, ast.Attribute) and n.attr == name and ast.unparse(n.value).endswith(module)
+            if imported or named:
+                hits.add(f"{module}.{name}")
+    return hits
 
 
 def _run_cells(box: Box, cells: list[Cell], notes: dict) -> _Run:
     run = _Run(problems=dict(notes))
     ns = _teacher_imports(cells)
-    theirs = set().union(*(_bound_names(c.source) for c in cells if c.kind == "solution"))
+    theirs_source = "\n".join(c.source for c in cells if c.kind == "solution" and _parse(c.source).body)
+    theirs = _bound_names(theirs_source)
     for cell in cells:
         if cell.kind == "test":
-            run.outcome[cell.grade_id] = (_run_test(box, ns, cell, theirs) if not box.dead else
+            run.outcome[cell.grade_id] = (_run_test(box, ns, cell, theirs, theirs_source) if not box.dead else
                                           (False, "test did not run"))
             run.fatal = run.fatal or (box.dead or "")
             continue

@@ -68,6 +68,9 @@ except Exception:
         "bea": CORRECT_VECTOR_STYLE,                                   # correct, written differently
         "reexport": "from ppo_edu.gae import compute_gae as my_compute_gae",
         "wrapper": "import ppo_edu.gae as g\n\ndef my_compute_gae(*args):\n    return g.compute_gae(*args)",
+        "untraced": ("import sys, threading\nsys.setprofile = threading.setprofile = lambda *a: None\n"
+                     "from ppo_edu.gae import compute_gae\n\ndef my_compute_gae(*args):\n"
+                     "    return compute_gae(*args)"),
         "monkeypatch": WRONG + '''
 import ppo_edu.checks, ppo_edu.gae, torch.testing
 class Passed:
@@ -160,6 +163,7 @@ def test_correct_answers_written_differently_pass(batch):
 @pytest.mark.parametrize("name, reason", [
     ("reexport", "uses the reference implementation (ppo_edu.gae.compute_gae)"),
     ("wrapper", "uses the reference implementation (ppo_edu.gae.compute_gae)"),
+    ("untraced", "uses the reference implementation (ppo_edu.gae.compute_gae"),
     ("monkeypatch", "Values differ"),
     ("transformer", "Values differ"),
     ("printexit", "the student's process exited with status 0"),
