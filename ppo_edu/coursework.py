@@ -303,7 +303,7 @@ def _run_test(box: Box, ns: dict, cell: Cell, theirs: set, theirs_source: str) -
         box.cell_deadline = float("inf")
     hits = box.reference_hits | _imports_of(box.references_checked, theirs_source)
     if hits:
-        return False, (f"uses the reference implementation ({', '.join(sorted(hits))}): "
+        return False, (f"uses the reference implementation ({', '.join(sorted(hits, key=lambda h: (h[0] == '(', h)))}): "
                        "the exercise is to write it yourself")
     return True, "passed"
 
