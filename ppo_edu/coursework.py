@@ -144,16 +144,16 @@ class Submission:
     problem: str = ""    #: why it cannot be graded ("" if it can)
 
 
-def read_submissions(folder) -> list[Submission]:
-    """Every entry of ``folder`` (hidden ones aside), read and hashed; two entries named after one
-    student are an error naming both."""
-    folder = Path(folder)
+def read_submissions(folder, ignore=()) -> list[Submission]:
+    """Every entry of ``folder`` (hidden ones and the grader's own ``ignore`` outputs aside), read
+    and hashed; two entries named after one student are an error naming both."""
+    folder, ignore = Path(folder), {Path(p).resolve() for p in ignore}
     if not folder.is_dir():
         raise FileNotFoundError(f"submissions folder {str(folder)!r} does not exist or is not a folder")
     subs, owner = [], {}
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue  # .ipynb_checkpoints, .DS_Store, ...
+        if entry.name.startswith(".") or entry.resolve() in ignore:
+            continue  # .ipynb_checkpoints, .DS_Store, ..., or grades.csv written into the folder
         student = entry.stem if entry.suffix in (".ipynb", ".py") else entry.name.split(".")[0] or entry.name
         if student in owner:
             raise ValueError(f"{owner[student]} and {entry} both belong to student {student!r}: "
@@ -429,7 +429,8 @@ def grade(submissions_dir, assignment, out_csv, timeout: float = 300, feedback_d
     source = exercises_only(source) if only_exercises else source
     if not exercises(source):
         raise ValueError(f"{assignment}: no graded exercises (cells with nbgrader metadata grade=true)")
-    subs = read_submissions(submissions_dir)
+    state_path = out_csv.with_name(out_csv.name + ".state.json")
+    subs = read_submissions(submissions_dir, ignore=(out_csv, state_path, feedback))
     why_not = sandbox_available()
     sandbox = "bubblewrap" if why_not is None else f"NONE: {why_not}"
     if why_not:
@@ -437,7 +438,6 @@ def grade(submissions_dir, assignment, out_csv, timeout: float = 300, feedback_d
               "write what this user can (time, memory and process-group limits still apply); install bubblewrap "
               "(apt-get install bubblewrap) to isolate it.", file=sys.stderr, flush=True)
     protect = (Path(submissions_dir), Path(assignment), out_csv.parent, feedback)
-    state_path = out_csv.with_name(out_csv.name + ".state.json")
     key = _state_key(source_bytes or b"", only_exercises, limits)
     done = _load_state(state_path, key)
     rows = _grade_all(source, subs, limits, sandbox, protect, done, state_path, key, progress)

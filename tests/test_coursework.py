@@ -187,3 +187,13 @@ def test_an_interrupted_batch_resumes_where_it_stopped(assignment, tmp_path, mon
     assert "amy: 0 / 3" in capsys.readouterr().out
     (subs / "amy.ipynb").write_text((subs / "amy.ipynb").read_text().replace("raise NotImplementedError", "pass"))
     assert main(argv) == 0 and calls[-1] == "amy"  # a changed file is graded again
+
+
+def test_grades_written_into_the_submissions_folder_are_not_graded_next_time(assignment, tmp_path):
+    _, teacher, student = assignment
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _submission(student, subs / "amy.ipynb")
+    first = grade(subs, teacher, subs / "grades.csv", progress=False)
+    again = grade(subs, teacher, subs / "grades.csv", progress=False)
+    assert {r.student for r in first} == {r.student for r in again} == {"amy"}
