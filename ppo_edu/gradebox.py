@@ -26,6 +26,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import select
 import shutil
 import signal
@@ -388,7 +389,7 @@ class Box:
     def request(self, msg: dict, limit_s: float) -> dict:
         if self.dead:
             raise StudentGone(self.dead)
-        self._id += 1
+        self._id = secrets.randbits(62)  # unpredictable: no reply can be written ahead of its request
         msg["id"] = self._id
         deadline = min(time.monotonic() + limit_s, self.cell_deadline, self.notebook_deadline)
         try:
