@@ -57,3 +57,18 @@ def test_objects_are_not_sent_and_object_dtypes_are_refused():
 def test_limits_must_be_finite_and_positive(value):
     with pytest.raises(ValueError, match="--notebook-timeout must be a finite number > 0"):
         check_limits(notebook_timeout=value)
+
+
+def test_a_protected_folder_that_holds_the_package_shows_only_the_package():
+    from pathlib import Path
+
+    import ppo_edu
+    from ppo_edu.gradebox import bwrap_command
+
+    package = Path(ppo_edu.__file__).resolve().parent
+    args = bwrap_command([package.parent])  # e.g. --out grades.csv in the repository's root
+    hide = args.index("--tmpfs", args.index(str(package.parent)) - 1)
+    assert args[hide + 1] == str(package.parent)
+    rebinds = [i for i in range(len(args) - 2) if args[i] == "--ro-bind" and args[i + 1] == str(package)]
+    assert rebinds and rebinds[-1] > hide  # shown again on top of the empty folder
+    assert not any(args[i] == "--ro-bind" and args[i + 1] == str(package.parent) for i in range(len(args) - 1))
