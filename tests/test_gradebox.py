@@ -72,3 +72,41 @@ def test_a_protected_folder_that_holds_the_package_shows_only_the_package():
     rebinds = [i for i in range(len(args) - 2) if args[i] == "--ro-bind" and args[i + 1] == str(package)]
     assert rebinds and rebinds[-1] > hide  # shown again on top of the empty folder
     assert not any(args[i] == "--ro-bind" and args[i + 1] == str(package.parent) for i in range(len(args) - 1))
+
+
+LOSSES = '''import torch
+
+def surrogate(logp_new, logp_old, advantages, clip_eps):
+    ratio = torch.exp(logp_new - logp_old)
+    return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages).mean()
+
+def surrogate_item(logp_new, logp_old, advantages, clip_eps):
+    return surrogate(logp_new, logp_old, advantages, clip_eps).item()
+
+def surrogate_inverted(logp_new, logp_old, advantages, clip_eps):
+    return surrogate(logp_old, logp_new, advantages, clip_eps)
+
+def normalize_in_place(advantages):
+    advantages -= advantages.mean()
+    return advantages / (advantages.std(unbiased=False) + 1e-8)
+'''
+
+
+def test_checks_see_gradients_and_in_place_changes_through_the_sandbox():
+    from ppo_edu.checks import check_clipped_surrogate_loss, check_normalize_advantages
+    from ppo_edu.gradebox import Box, Limits, sandbox_available
+
+    box = Box(Limits(cell_s=60), [], sandboxed=sandbox_available() is None)
+    try:
+        box.start()
+        assert box.run_cell(LOSSES) is None
+        ns = {}
+        box.bind(ns, ["surrogate", "surrogate_item", "surrogate_inverted", "normalize_in_place"])
+        assert check_clipped_surrogate_loss(ns["surrogate"]).passed
+        assert "not differentiable" in check_clipped_surrogate_loss(ns["surrogate_item"]).message
+        inverted = check_clipped_surrogate_loss(ns["surrogate_inverted"]).message
+        assert "gradient" in inverted and "the ratio is inverted" in inverted
+        assert "modified its input `advantages` in place" in check_normalize_advantages(ns["normalize_in_place"]).message
+        assert box.reference_hits == set()
+    finally:
+        box.close()
