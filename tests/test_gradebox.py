@@ -110,3 +110,18 @@ def test_checks_see_gradients_and_in_place_changes_through_the_sandbox():
         assert box.reference_hits == set()
     finally:
         box.close()
+
+
+def test_the_student_has_no_capabilities_in_the_sandbox():
+    import subprocess
+    import sys
+
+    from ppo_edu.gradebox import bwrap_command, sandbox_available
+
+    if sandbox_available() is not None:
+        pytest.skip(f"no sandbox: {sandbox_available()}")
+    code = ("import os, subprocess; print(open('/proc/self/status').read().split('CapEff:')[1].split()[0]); "
+            "print(subprocess.run(['mount', '-o', 'remount,rw', '/'], capture_output=True).returncode)")
+    out = subprocess.run(bwrap_command([]) + [sys.executable, "-c", code], capture_output=True, text=True)
+    cap_eff, mount_rc = out.stdout.split()
+    assert int(cap_eff, 16) == 0 and mount_rc != "0"
