@@ -281,7 +281,12 @@ def _teacher_imports(cells: list[Cell]) -> dict:
 
 
 def _loaded_names(source: str) -> list[str]:
-    names = {n.id for n in ast.walk(_parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    """Names the cell reads before (or without) binding them itself: what it needs from outside."""
+    first: dict[str, bool] = {}
+    nodes = [n for n in ast.walk(_parse(source)) if isinstance(n, ast.Name)]
+    for n in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
+        first.setdefault(n.id, isinstance(n.ctx, ast.Load))
+    names = {name for name, loaded in first.items() if loaded}
     return sorted(n for n in names if not hasattr(builtins, n))
 
 

@@ -184,8 +184,13 @@ class _Server:
                 "name": name if isinstance(name, str) else type(obj).__name__}
 
     def op_describe(self, msg) -> dict:
-        ns = self.shell.user_ns
-        return {"names": {n: self._describe(ns[n]) for n in msg["names"] if n in ns}}
+        ns, out = self.shell.user_ns, {}
+        for n in msg["names"]:
+            if n in ns:
+                info = self._describe(ns[n])
+                big = info["kind"] == "value" and len(json.dumps(info["value"])) > MAX_MESSAGE // 16
+                out[n] = {**self._handle(ns[n])} if big else info  # a large value stays here
+        return {"names": out}
 
     def op_getattr(self, msg) -> dict:
         return self._describe(getattr(self.handles[msg["handle"]], msg["attr"]))
