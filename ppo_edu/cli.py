@@ -122,14 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--exercises-only", action="store_true",
                    help="keep only the graded exercises: a short homework sheet (grade it with the same flag)")
     g = sub.add_parser("grade", help="grade a folder of submissions",
-                       description="Execute each submitted notebook (or .py module) in a fresh kernel with the "
-                                   "hidden tests restored; write one CSV row per student and exercise and a "
-                                   "feedback file per student. Submitted files are never modified.")
+                       description="Run each submitted notebook (or .py module) in a fresh sandboxed process "
+                                   "(bubblewrap) that only produces the student's functions, and the teacher's "
+                                   "tests (hidden ones included) in the grader against them; write one CSV row "
+                                   "per file and exercise and a feedback file per student. Submitted files are "
+                                   "never modified; rerunning skips students already graded with the same file.")
     g.add_argument("submissions", help="folder of .ipynb / .py submissions (one per student, named after them)")
     g.add_argument("--assignment", required=True, help="the teacher's notebook (with solutions and hidden tests)")
     g.add_argument("--out", required=True, help="CSV file to write, e.g. grades.csv")
     g.add_argument("--feedback", default=None, help="folder for per-student feedback (default: beside the CSV)")
-    g.add_argument("--timeout", type=float, default=300, help="seconds allowed per cell (default 300)")
+    g.add_argument("--timeout", type=float, default=300,
+                   help="seconds allowed per cell, and per call a test makes (default 300)")
+    g.add_argument("--notebook-timeout", type=float, default=1800,
+                   help="seconds allowed for a whole submission (default 1800)")
+    g.add_argument("--memory", type=float, default=4.0, metavar="GIB",
+                   help="memory limit of each student's process, in GiB (default 4)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--exercises-only", action="store_true",
                    help="grade only the exercises (for sheets written with 'assign --exercises-only')")
@@ -217,14 +224,21 @@ def assign_cmd(args) -> int:
 
 def grade_cmd(args) -> int:
     from .coursework import grade
+    from .gradebox import check_limits
 
-    rows = grade(args.submissions, args.assignment, args.out, timeout=args.timeout,
-                 feedback_dir=args.feedback, progress=not args.no_progress, only_exercises=args.exercises_only)
+    check_limits(timeout=args.timeout, notebook_timeout=args.notebook_timeout, memory=args.memory)
+    try:
+        rows = grade(args.submissions, args.assignment, args.out, timeout=args.timeout,
+                     feedback_dir=args.feedback, progress=not args.no_progress, only_exercises=args.exercises_only,
+                     notebook_timeout=args.notebook_timeout, memory_gib=args.memory)
+    except KeyboardInterrupt:
+        print(f"ppo-edu grade: interrupted; the students graded so far are kept in {args.out}.state.json: "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     students = dict.fromkeys(r.student for r in rows)
     for s in students:
         mine = [r for r in rows if r.student == s]
         print(f"{s}: {sum(r.points for r in mine):g} / {sum(r.max_points for r in mine):g}")
-    print(f"grades written to {args.out}")
     return 0
 
 

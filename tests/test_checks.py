@@ -726,6 +726,99 @@ DIAGNOSED += [
     (checks.check_bradley_terry_loss, bt_sum, "do not sum"),
     (checks.check_bradley_terry_loss, bt_naive_log_sigmoid, "exp of a large number"),
 ]
+# --------------------------------------------------------------- mistakes diagnosed since issue 11
+def _gae_loop_student(rewards, values, next_values, terminated, truncated, gamma, lam, coef=None, reset=True, steps=None):
+    T = rewards.shape[0]
+    adv, last = torch.zeros_like(values), torch.zeros_like(values[0])
+    for t in (reversed(range(T)) if steps is None else steps(T)):
+        delta = rewards[t] + gamma * next_values[t] * (1.0 - terminated[t].to(values.dtype)) - values[t]
+        keep = (1.0 - (terminated[t] | truncated[t]).to(values.dtype)) if reset else 1.0
+        last = delta + (gamma * lam if coef is None else coef(gamma, lam)) * keep * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def gae_lam_without_gamma(*args):
+    return _gae_loop_student(*args, coef=lambda gamma, lam: lam)
+
+
+def gae_no_reset(*args):
+    return _gae_loop_student(*args, reset=False)
+
+
+def gae_forward_loop(*args):
+    return _gae_loop_student(*args, steps=lambda T: range(T))
+
+
+def gae_off_by_one(*args):
+    return _gae_loop_student(*args, steps=lambda T: range(T - 2, -1, -1))
+
+
+def surrogate_inverted_ratio(logp_new, logp_old, advantages, clip_eps):
+    ratio = (logp_old - logp_new).exp()
+    return -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages).mean()
+
+
+def k3_is_k1(logp_new, logp_old):
+    return (-(logp_new - logp_old)).mean()
+
+
+def shaping_penalty_added(score, logp, ref_logp, mask, kl_coef):
+    kl = (logp - ref_logp) * mask
+    rewards = kl_coef * kl
+    last = mask.sum(1).long() - 1
+    for i in range(len(score)):
+        rewards[i, last[i]] += score[i]
+    return rewards, kl
+
+
+def shaping_score_overwrites(score, logp, ref_logp, mask, kl_coef):
+    kl = (logp - ref_logp) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(1).long() - 1
+    for i in range(len(score)):
+        rewards[i, last[i]] = score[i]
+    return rewards, kl
+
+
+def token_gae_carried_accumulator(rewards, values, mask, gamma, lam):
+    adv, running = torch.zeros_like(rewards), 0.0
+    v = values * mask
+    for i in range(rewards.shape[0]):
+        n = int(mask[i].sum())
+        for t in reversed(range(n)):
+            v_next = v[i, t + 1] if t + 1 < n else 0.0
+            running = rewards[i, t] + gamma * v_next - v[i, t] + gamma * lam * running
+            adv[i, t] = running
+    return adv, (adv + v) * mask
+
+
+def token_gae_lam_without_gamma(rewards, values, mask, gamma, lam):
+    adv = torch.zeros_like(rewards)
+    v = values * mask
+    for i in range(rewards.shape[0]):
+        n, running = int(mask[i].sum()), 0.0
+        for t in reversed(range(n)):
+            v_next = v[i, t + 1] if t + 1 < n else 0.0
+            running = rewards[i, t] + gamma * v_next - v[i, t] + lam * running
+            adv[i, t] = running
+    return adv, (adv + v) * mask
+
+
+DIAGNOSED += [
+    (check_compute_gae, gae_lam_without_gamma, "lam without gamma"),
+    (check_compute_gae, gae_no_reset, "no reset at episode ends"),
+    (check_compute_gae, gae_forward_loop, "forward loop"),
+    (check_compute_gae, gae_off_by_one, "off by one in the reversed loop"),
+    (check_clipped_surrogate_loss, surrogate_inverted_ratio, "the ratio is inverted"),
+    (check_kl_k3, k3_is_k1, "this is k1"),
+    (checks.check_shaped_rewards, shaping_penalty_added, "KL penalty sign"),
+    (checks.check_shaped_rewards, shaping_score_overwrites, "do not overwrite it"),
+    (checks.check_token_gae, token_gae_carried_accumulator, "reset the accumulator for each response"),
+    (checks.check_token_gae, token_gae_lam_without_gamma, "lam without gamma"),
+]
+
+
 UNDIAGNOSED: list = []  # realistic mistakes rejected without a specific hint: none known
 
 
@@ -873,7 +966,7 @@ def test_wrong_number_of_outputs():
     assert result.passed is False and "returned 1 value(s); expected 2" in result.message
 
 
-def test_float32_for_float64_inputs():
+def test_float32_for_float64_inputs_is_accepted_at_float32_tolerance():
     def float32_buffer(rewards, values, next_values, terminated, truncated, gamma, lam):
         T, N = rewards.shape
         adv, last = torch.zeros(T, N), torch.zeros(N)  # float32 whatever the inputs
@@ -883,10 +976,41 @@ def test_float32_for_float64_inputs():
             adv[t] = last
         return adv, adv + values.float()
 
-    result = check_compute_gae(float32_buffer)
+    assert check_compute_gae(float32_buffer).passed  # any float dtype: compared at the lower precision
+
+    def float32_buffer_wrong(*args):
+        adv, ret = float32_buffer(*args)
+        return adv, adv  # and a real mistake on top
+    result = check_compute_gae(float32_buffer_wrong)
     assert result.passed is False
-    assert "dtype" in result.message and "torch.float32; expected torch.float64" in result.message
-    assert "float64" in result.message.splitlines()[0]  # the first float64 case
+    assert "dtypes: expected torch.float32, received torch.float32" in result.message
+
+
+def gae_float32_masks(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """Masks built with .float(), as most PPO code does: float32 intermediates on float64 inputs."""
+    adv, last = torch.zeros_like(values), torch.zeros_like(values[0])
+    for t in reversed(range(rewards.shape[0])):
+        nonterminal = 1.0 - terminated[t].float()
+        nondone = 1.0 - (terminated[t] | truncated[t]).float()
+        delta = rewards[t] + gamma * next_values[t] * nonterminal - values[t]
+        last = delta + gamma * lam * nondone * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def test_float32_masks_pass_the_float64_case():
+    assert check_compute_gae(gae_float32_masks).passed
+
+
+def test_values_differ_prints_the_largest_difference_and_dtypes():
+    def off_by_a_little(*args):
+        adv, ret = gae_ok(*args)
+        return adv + 1e-3, ret + 1e-3
+
+    result = check_compute_gae(off_by_a_little)
+    assert result.passed is False
+    line = [ln for ln in result.message.splitlines() if ln.startswith("Values differ")][0]
+    assert "largest difference 0.001 (absolute)" in line and "dtypes: expected torch.float32" in line
 
 
 def test_nan_output():

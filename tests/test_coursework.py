@@ -131,12 +131,14 @@ def test_grading_a_batch(assignment, tmp_path):
     assert not by["cy", "returns_test"].passed and "SyntaxError" in by["cy", "returns_test"].message
     assert not by["dee", "returns_test"].passed and "longer than 8 s" in by["dee", "returns_test"].message
     assert by["dee", "k3_test"].passed  # the batch and the notebook go on after a timeout
-    assert not by["eve", "returns_test"].passed and "kernel died" in by["eve", "returns_test"].message
+    assert not by["eve", "returns_test"].passed and "process exited with status 1" in by["eve", "returns_test"].message
+    assert not by["eve", "k3_test"].passed and "test did not run" in by["eve", "k3_test"].message
     assert not by["fay", "returns_test"].passed and "missing from the submission" in by["fay", "returns_test"].message
     assert not by["hal", "k3_test"].passed and "not a readable notebook" in by["hal", "k3_test"].message
     with open(tmp_path / "grades.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 16 and set(table[0]) == {"student", "exercise", "points", "max_points", "passed", "message"}
+    assert len(table) == 16 and set(table[0]) == {"student", "exercise", "points", "max_points", "passed", "message",
+                                                  "file", "sha256", "sandbox"}
     feedback = (tmp_path / "feedback" / "bob.md").read_text()
     assert "Score: 1 / 3" in feedback and "episode boundary" in feedback
 
@@ -157,3 +159,41 @@ def test_solution_markers_regex_keeps_indentation():
     src = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
     assert SOLUTION.sub(lambda m: f"{m.group(1)}X{m.group(2)}", src) == "def f():\n    X\n"
     assert json.dumps(src)  # plain text in, plain text out
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(assignment, tmp_path, monkeypatch, capsys):
+    import ppo_edu.coursework as cw
+
+    _, teacher, student = assignment
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("amy", "ben"):
+        _submission(student, subs / f"{name}.ipynb")
+    real, calls = cw.grade_one, []
+
+    def interrupted_at_ben(source, sub, *args, **kwargs):
+        calls.append(sub.student)
+        if sub.student == "ben" and len(calls) == 2:
+            raise KeyboardInterrupt  # the teacher presses ^C while ben is graded
+        return real(source, sub, *args, **kwargs)
+
+    monkeypatch.setattr(cw, "grade_one", interrupted_at_ben)
+    argv = ["grade", str(subs), "--assignment", str(teacher), "--out", str(tmp_path / "g.csv"), "--no-progress"]
+    assert main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not (tmp_path / "g.csv").exists()
+    assert main(argv) == 0
+    assert calls == ["amy", "ben", "ben"]  # amy was not graded again
+    assert "amy: 0 / 3" in capsys.readouterr().out
+    (subs / "amy.ipynb").write_text((subs / "amy.ipynb").read_text().replace("raise NotImplementedError", "pass"))
+    assert main(argv) == 0 and calls[-1] == "amy"  # a changed file is graded again
+
+
+def test_grades_written_into_the_submissions_folder_are_not_graded_next_time(assignment, tmp_path):
+    _, teacher, student = assignment
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _submission(student, subs / "amy.ipynb")
+    first = grade(subs, teacher, subs / "grades.csv", progress=False)
+    again = grade(subs, teacher, subs / "grades.csv", progress=False)
+    assert {r.student for r in first} == {r.student for r in again} == {"amy"}

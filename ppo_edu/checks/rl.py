@@ -1,313 +1,14 @@
-"""Checks for students' implementations, against the library's own reference functions.
-
-``check_compute_gae(my_gae)`` calls ``my_gae`` and :func:`ppo_edu.gae.compute_gae` on the same
-inputs: hand-made edge cases first (smallest first: one step, one env, an episode that ends
-mid-rollout, truncation, float64), then seeded random ones. It returns a :class:`CheckResult`
-with ``.passed`` and ``.message``, shown as a coloured box in Jupyter.
-
-On a failure the message shows the smallest failing input, the expected and the received
-values, and a hint. Hints come from a catalogue of known mistakes, each written as a buggy
-variant of the reference: when the student's output equals a variant's output on the failing
-input, that variant's hint is the diagnosis ("you bootstrapped through a terminal state").
-
-A student function that raises, runs too long, returns the wrong shape, dtype or a NaN,
-modifies its input, or (for losses) is not differentiable, gets a message saying so; the
-check itself never raises.
-"""
+"""Checks for Part I of the book (Chapters 2-7): returns, GAE, advantages, the PPO losses,
+distributions, the KL estimators and running moments."""
 from __future__ import annotations
 
-import html
-import inspect
-import signal
-import threading
-import traceback
-from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
 import torch
 
-from . import distributions as D
-from .gae import compute_gae, discounted_returns
-from .losses import clipped_surrogate_loss, kl_k1, kl_k3, normalize_advantages, value_loss
-from .normalization import merge_moments
-from .rlhf.grpo import group_advantages as grpo_group_advantages
-from .rlhf.ppo import shaped_rewards as ppo_shaped_rewards
-from .rlhf.ppo import token_gae as ppo_token_gae
-from .rlhf.reward import bradley_terry_loss as reward_bradley_terry_loss
-
-__all__ = ["CheckResult", "CHECKS", "check_discounted_returns", "check_compute_gae", "check_gae",
-           "check_normalize_advantages", "check_clipped_surrogate_loss", "check_value_loss",
-           "check_categorical_entropy", "check_categorical_log_prob", "check_gaussian_log_prob",
-           "check_gaussian_entropy", "check_kl_k1", "check_kl_k3", "check_merge_moments",
-           "check_running_mean_std", "check_shaped_rewards", "check_token_gae", "check_group_advantages",
-           "check_bradley_terry_loss"]
-
-TIMEOUT_S = 10.0
-
-
-# ----------------------------------------------------------------------------- results
-@dataclass
-class CheckResult:
-    """Outcome of one check: ``bool(result)`` is ``result.passed``."""
-
-    name: str
-    passed: bool
-    message: str
-    cases_run: int = 0
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __str__(self) -> str:
-        mark = "PASSED" if self.passed else "FAILED"
-        return f"{self.name}: {mark}\n{self.message}"
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        colour, mark = ("#e6f4ea", "&#10004; passed") if self.passed else ("#fce8e6", "&#10008; failed")
-        return (f'<div style="background:{colour};padding:8px;border-radius:4px">'
-                f"<b>{html.escape(self.name)}</b>: {mark}<pre style='white-space:pre-wrap'>"
-                f"{html.escape(self.message)}</pre></div>")
-
-    def assert_passed(self) -> None:
-        """Raise ``AssertionError`` with the full message unless the check passed (for graders)."""
-        if not self.passed:
-            raise AssertionError(str(self))
-
-
-@dataclass
-class Case:
-    label: str
-    inputs: dict
-    size: int = 0
-
-
-@dataclass
-class Hint:
-    text: str
-    buggy: Callable  # a known mistake, same signature as the reference
-
-
-@dataclass
-class Spec:
-    name: str
-    reference: Callable
-    cases: Callable[[], list]  # builds fresh Case objects
-    hints: list = field(default_factory=list)
-    grad_wrt: tuple = ()        # inputs whose gradient must match (losses)
-    first_output_only: bool = False  # reference returns (loss, info): compare the loss
-    default_hint: str = ""
-
-
-# ----------------------------------------------------------------------------- harness
-class _Timeout(BaseException):  # not an Exception: a student's `except Exception` cannot swallow it
-    pass
-
-
-def _call_with_timeout(fn, args, seconds):
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        return fn(*args)
-
-    def on_alarm(signum, frame):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)  # and again every 0.5 s until it lands
-    try:
-        return fn(*args)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _clone(inputs: dict, grad_wrt=()) -> dict:
-    out = {}
-    for k, v in inputs.items():
-        if torch.is_tensor(v):
-            v = v.detach().clone()
-            if k in grad_wrt:
-                v.requires_grad_(True)
-        elif isinstance(v, np.ndarray):
-            v = v.copy()
-        out[k] = v
-    return out
-
-
-def _as_outputs(value, first_only: bool):
-    """Normalise a function's return value to a tuple of tensors (keeping autograd)."""
-    if first_only and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-        value = value[0]
-    items = value if isinstance(value, tuple) else (value,)
-    out = []
-    for x in items:
-        if torch.is_tensor(x):
-            out.append(x)
-        elif isinstance(x, (np.ndarray, np.generic, float, int)) and not isinstance(x, bool):
-            out.append(torch.as_tensor(np.asarray(x)))
-        else:
-            raise TypeError(f"returned a {type(x).__name__}; expected a torch tensor")
-    return tuple(out)
-
-
-def _fmt(x) -> str:
-    if isinstance(x, tuple):
-        return "".join(f"\n  [{i}] {_fmt(v)}" for i, v in enumerate(x))
-    if torch.is_tensor(x):
-        a = x.detach().cpu().numpy()
-        if a.size <= 24:  # small: one line, nested lists
-            return str(a.tolist() if a.dtype == bool else np.round(a.astype(np.float64), 4).tolist())
-        return np.array2string(a, precision=4, max_line_width=90, threshold=40)
-    return repr(x)
-
-
-def _fmt_inputs(inputs: dict) -> str:
-    return "\n".join(f"  {k} = {_fmt(v)}" for k, v in inputs.items())
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """float64 results must agree to 1e-7 relative; float32 ones (and integers) to 1e-4."""
-    rtol, atol = (1e-7, 1e-9) if (a.dtype == torch.float64 and b.dtype == torch.float64) else (1e-4, 1e-5)
-    a, b = a.detach().double(), b.detach().double()
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=False))
-
-
-def _same_outputs(got, want) -> bool:
-    return len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
-
-
-def _diagnose(spec: Spec, case: Case, got) -> str:
-    for hint in spec.hints:
-        try:
-            buggy = _as_outputs(hint.buggy(**_clone(case.inputs)), spec.first_output_only)
-        except Exception:  # a hint variant may not apply to this case
-            continue
-        if _same_outputs(got, buggy):
-            return hint.text
-    return spec.default_hint or "compare your code with the equation in the chapter, line by line."
-
-
-def _failure(spec, case, text, expected=None, got=None, hint=None) -> str:
-    parts = [f"Case: {case.label}", f"Input:\n{_fmt_inputs(case.inputs)}", text]
-    if expected is not None:
-        parts.append(f"Expected: {_fmt(expected if len(expected) > 1 else expected[0])}")
-    if got is not None:
-        parts.append(f"Received: {_fmt(got if len(got) > 1 else got[0])}")
-    if hint:
-        parts.append(f"Hint: {hint}")
-    return "\n".join(parts)
-
-
-def _positional(spec: Spec, inputs: dict) -> list:
-    """The inputs in the reference's parameter order: students may name their parameters freely."""
-    names = [n for n in inspect.signature(spec.reference).parameters if n in inputs]
-    return [inputs[n] for n in names]
-
-
-def _check_one(spec: Spec, fn: Callable, case: Case, timeout: float) -> str | None:
-    """None if ``fn`` agrees with the reference on ``case``, else the failure message."""
-    ref_in = _clone(case.inputs, spec.grad_wrt)
-    expected = _as_outputs(spec.reference(**ref_in), spec.first_output_only)
-    stu_in = _clone(case.inputs, spec.grad_wrt)
-    try:
-        raw = _call_with_timeout(fn, _positional(spec, stu_in), timeout)
-    except _Timeout:
-        return _failure(spec, case, f"Your function ran for more than {timeout:g} s (an infinite loop?).")
-    except Exception as err:  # the student's error, reported, never raised
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        return _failure(spec, case, f"Your function raised {type(err).__name__}: {err}\n"
-                                    f"  at line {where.lineno}: {where.line}")
-    for k, v in case.inputs.items():
-        if torch.is_tensor(v) and not torch.equal(stu_in[k].detach(), v):
-            return _failure(spec, case, f"Your function modified its input `{k}` in place; work on a copy.")
-    loss_like = raw[0] if (spec.first_output_only and isinstance(raw, tuple) and raw) else raw
-    if spec.grad_wrt and not torch.is_tensor(loss_like) and isinstance(loss_like, (float, int, np.ndarray, np.generic)):
-        return _failure(spec, case, f"Your loss is a {type(loss_like).__name__}, not a torch tensor, so it is not "
-                                    f"differentiable with respect to `{spec.grad_wrt[0]}`: did you call .item() "
-                                    "or use NumPy inside?")
-    try:
-        got = _as_outputs(raw, spec.first_output_only)
-    except TypeError as err:
-        return _failure(spec, case, f"Your function {err}.")
-    if len(got) != len(expected):
-        return _failure(spec, case, f"Your function returned {len(got)} value(s); expected {len(expected)}.")
-    for i, (g, e) in enumerate(zip(got, expected)):
-        tag = f"output {i}" if len(expected) > 1 else "the output"
-        if tuple(g.shape) != tuple(e.shape):
-            return _failure(spec, case, f"Shape of {tag} is {tuple(g.shape)}; expected {tuple(e.shape)}.",
-                            expected, got, _diagnose(spec, case, got))
-        if e.is_floating_point() and g.dtype != e.dtype:
-            return _failure(spec, case, f"dtype of {tag} is {g.dtype}; expected {e.dtype} "
-                                        "(keep the dtype of the inputs).")
-        if e.is_floating_point() and not torch.isfinite(g).all() and torch.isfinite(e).all():
-            return _failure(spec, case, f"{tag} contains NaN or inf.", expected, got,
-                            "look for log(0), exp of a large number, or 0/0; "
-                            "log_softmax and logsumexp are the stable forms.")
-    if not _same_outputs(got, expected):
-        return _failure(spec, case, "Values differ.", expected, got, _diagnose(spec, case, got))
-    return _check_grads(spec, case, ref_in, expected, stu_in, got)
-
-
-def _check_grads(spec, case, ref_in, expected, stu_in, got) -> str | None:
-    for name in spec.grad_wrt:
-        (want,) = torch.autograd.grad(expected[0], ref_in[name], allow_unused=True)
-        if not got[0].requires_grad:
-            return _failure(spec, case, f"Your loss is not differentiable with respect to `{name}`: "
-                                        "did you call .detach(), .item(), or use NumPy inside?")
-        (have,) = torch.autograd.grad(got[0], stu_in[name], allow_unused=True)
-        want = torch.zeros_like(ref_in[name]) if want is None else want
-        have = torch.zeros_like(stu_in[name]) if have is None else have
-        if not _close(have, want):
-            return _failure(spec, case, f"The loss value is right but its gradient with respect to `{name}` "
-                                        f"is not.\nExpected gradient: {_fmt(want)}\nReceived gradient: {_fmt(have)}",
-                            hint=_diagnose_grad(spec, case, name, have))
-    return None
-
-
-def _diagnose_grad(spec: Spec, case: Case, name: str, have: torch.Tensor) -> str:
-    for hint in spec.hints:
-        inputs = _clone(case.inputs, spec.grad_wrt)
-        try:
-            out = _as_outputs(hint.buggy(**inputs), spec.first_output_only)[0]
-            (grad,) = torch.autograd.grad(out, inputs[name], allow_unused=True)
-        except Exception:
-            continue
-        if grad is not None and _close(have, grad):
-            return hint.text
-    return ("a clamp or min/max that blocks (or lets through) the wrong gradient, or a missing "
-            "stop-gradient (.detach()) on a target.")
-
-
-def run_check(spec: Spec, fn: Callable, timeout: float = TIMEOUT_S) -> CheckResult:
-    """Run ``fn`` against ``spec`` on every case, smallest first; stop at the first failure."""
-    name = f"check_{spec.name}"
-    if not callable(fn):
-        return CheckResult(name, False, f"expected a function, got {type(fn).__name__}")
-    cases = sorted(spec.cases(), key=lambda c: c.size)
-    for i, case in enumerate(cases):
-        message = _check_one(spec, fn, case, timeout)
-        if message is not None:
-            return CheckResult(name, False, message, i + 1)
-    return CheckResult(name, True, f"All {len(cases)} cases agree with ppo_edu's reference "
-                                   f"{spec.reference.__module__}.{spec.reference.__name__}.", len(cases))
-
-
-# ----------------------------------------------------------------------------- input helpers
-def _rng(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(shape, seed, dtype=torch.float32):
-    return torch.randn(shape, generator=_rng(seed), dtype=dtype)
-
-
-def _flags(shape, p, seed):
-    return torch.rand(shape, generator=_rng(seed)) < p
-
-
-def _t(values, dtype=torch.float32):
-    return torch.tensor(values, dtype=dtype)
+from .. import distributions as D
+from ..gae import compute_gae, discounted_returns
+from ..losses import clipped_surrogate_loss, kl_k1, kl_k3, normalize_advantages, value_loss
+from ..normalization import merge_moments
+from .harness import Case, Hint, Spec, _randn, _rng, _t, _flags, make_check
 
 
 # ----------------------------------------------------------------------------- returns and GAE
@@ -406,13 +107,21 @@ def _gae_no_lambda(rewards, values, next_values, terminated, truncated, gamma, l
     return compute_gae(rewards, values, next_values, terminated, truncated, gamma, 1.0)
 
 
-def _gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam, delta_gamma=None):
-    """A plain loop; ``delta_gamma`` replaces gamma inside the TD residual only."""
+def _gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam, delta_gamma=None,
+              rec_gamma=True, reset=True, order="backward"):
+    """A plain loop with one known mistake switched on: ``delta_gamma`` replaces gamma inside the TD
+    residual only; ``rec_gamma=False`` drops gamma from the recursion (lam alone); ``reset=False``
+    carries the recursion across episode ends; ``order`` is "backward", "forward", or an off-by-one
+    reversed loop that skips the last ("skip_last") or the first ("skip_first") step."""
     g = gamma if delta_gamma is None else delta_gamma
+    T = len(rewards)
+    steps = {"backward": reversed(range(T)), "forward": range(T), "skip_last": reversed(range(T - 1)),
+             "skip_first": reversed(range(1, T))}[order]
     adv, run = torch.zeros_like(values), torch.zeros_like(values[0])
-    for t in reversed(range(len(rewards))):
+    for t in steps:
         delta = rewards[t] + g * (~terminated[t]).to(values.dtype) * next_values[t] - values[t]
-        run = delta + gamma * lam * (~(terminated[t] | truncated[t])).to(values.dtype) * run
+        alive = (~(terminated[t] | truncated[t])).to(values.dtype) if reset else 1.0
+        run = delta + (gamma if rec_gamma else 1.0) * lam * alive * run
         adv[t] = run
     return adv, adv + values
 
@@ -441,6 +150,17 @@ GAE = Spec("compute_gae", compute_gae, _gae_cases, [
          "is the next row, which after a time limit is the reset observation of a new episode.", _gae_next_row_values),
     Hint("gamma is missing from the TD residual: delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t).",
          lambda **kw: _gae_loop(**kw, delta_gamma=1.0)),
+    Hint("lam without gamma: the recursion discounts by gamma * lam, A_t = delta_t + gamma * lam * (1 - done_t) "
+         "* A_{t+1}.", lambda **kw: _gae_loop(**kw, rec_gamma=False)),
+    Hint("no reset at episode ends: the advantage of the last step of an episode must not include the next "
+         "episode's; multiply A_{t+1} by (1 - done_t), done_t = terminated_t or truncated_t.",
+         lambda **kw: _gae_loop(**kw, reset=False)),
+    Hint("forward loop: A_t depends on A_{t+1}, so iterate t from T - 1 down to 0 (reversed(range(T))).",
+         lambda **kw: _gae_loop(**kw, order="forward")),
+    Hint("off by one in the reversed loop: reversed(range(T)) visits every t from T - 1 down to 0; your loop "
+         "skipped the last step.", lambda **kw: _gae_loop(**kw, order="skip_last")),
+    Hint("off by one in the reversed loop: reversed(range(T)) visits every t from T - 1 down to 0; your loop "
+         "skipped the first step.", lambda **kw: _gae_loop(**kw, order="skip_first")),
 ])
 
 
@@ -486,6 +206,8 @@ def _surr(logp_new, logp_old, advantages, clip_eps, combine=torch.min, sign=-1.0
 
 
 SURROGATE = Spec("clipped_surrogate_loss", clipped_surrogate_loss, _surrogate_cases, [
+    Hint("the ratio is inverted: r = pi_new / pi_old = exp(logp_new - logp_old), not exp(logp_old - logp_new).",
+         lambda logp_new, logp_old, advantages, clip_eps: _surr(logp_old, logp_new, advantages, clip_eps)),
     Hint("max where min belongs: PPO keeps the pessimistic (smaller) of the two surrogates.",
          lambda **kw: _surr(**kw, combine=torch.max)),
     Hint("sign error: return the loss to minimise, -mean(min(r A, clip(r) A)), not the objective.",
@@ -554,10 +276,6 @@ def _logits_cases():
             Case("large logits (overflow test: use logsumexp / log_softmax)", dict(logits=_t([[1000.0, 0.0, -5.0]])), 3),
             Case("float64, batch of 4, 3 actions", dict(logits=_randn((4, 3), 11, torch.float64) * 2), 12),
             Case("random batch of 16, 5 actions", dict(logits=_randn((16, 5), 12) * 3), 80)]
-
-
-def _naive_log_softmax(logits):
-    return torch.log(torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True))
 
 
 ENTROPY_CAT = Spec("categorical_entropy", D.categorical_entropy, _logits_cases, [
@@ -654,6 +372,8 @@ KL1 = Spec("kl_k1", kl_k1, _kl_cases, [
          lambda logp_new, logp_old: (-torch.log(logp_new / logp_old)).mean()),
 ])
 KL3 = Spec("kl_k3", kl_k3, _kl_cases, [
+    Hint("this is k1 = -log r = log pi_old - log pi_new, the plain estimator; k3 = (r - 1) - log r adds r - 1, "
+         "which keeps every sample's estimate non-negative.", lambda logp_new, logp_old: kl_k1(logp_new, logp_old)),
     Hint("k3 = (r - 1) - log r with r = pi_new / pi_old; you used the inverse ratio.",
          lambda logp_new, logp_old: kl_k3(logp_old, logp_new)),
     Hint("the -1 is missing: k3 = (r - 1) - log r, which is 0 when r = 1.",
@@ -696,169 +416,16 @@ MOMENTS = Spec("merge_moments", merge_moments, _moments_cases, [
 ])
 
 
-# ----------------------------------------------------------------------------- RLHF (Chapters 9-11)
-def _seq_mask(lengths, width):
-    return (torch.arange(width)[None] < _t(lengths)[:, None]).float()
-
-
-def _shaping_cases():
-    m = _seq_mask([3, 1, 4], 4)
-    return [
-        Case("one sample of 2 tokens", dict(score=_t([1.0]), logp=_t([[-1.0, -2.0]]), ref_logp=_t([[-1.5, -1.0]]),
-                                             mask=_t([[1.0, 1.0]]), kl_coef=0.1), 2),
-        Case("3 samples of lengths 3, 1, 4 (padded to 4)",
-             dict(score=_t([0.5, -1.0, 2.0]), logp=_randn((3, 4), 21) - 2, ref_logp=_randn((3, 4), 22) - 2, mask=m,
-                  kl_coef=0.2), 12),
-        Case("random batch of 16 x 10, kl_coef=0.05",
-             dict(score=_randn((16,), 23), logp=_randn((16, 10), 24) - 3, ref_logp=_randn((16, 10), 25) - 3,
-                  mask=_seq_mask(torch.randint(1, 11, (16,), generator=_rng(26)).tolist(), 10), kl_coef=0.05), 160),
-    ]
-
-
-def _shaping_variant(score, logp, ref_logp, mask, kl_coef, where="last", sign=1.0, use_mask=True, coef=True):
-    kl = sign * (logp - ref_logp) * (mask if use_mask else 1.0)
-    rewards = -(kl_coef if coef else 1.0) * kl
-    if where == "every":
-        rewards = rewards + score[:, None] * mask
-    else:
-        col = torch.full_like(score, mask.shape[1] - 1).long() if where == "column" else (mask.sum(1) - 1).long()
-        rewards[torch.arange(len(score)), col] += score
-    return rewards, kl
-
-
-SHAPING = Spec("shaped_rewards", ppo_shaped_rewards, _shaping_cases, [
-    Hint("the score belongs on the last real token of each response only, not on every token.",
-         lambda **kw: _shaping_variant(**kw, where="every")),
-    Hint("the score goes on the last *real* token (mask.sum(1) - 1), not the last column: shorter responses are padded.",
-         lambda **kw: _shaping_variant(**kw, where="column")),
-    Hint("KL sign: the per-token estimate is log pi(a_t|s_t) - log pi_ref(a_t|s_t), and the reward is minus beta times it.",
-         lambda **kw: _shaping_variant(**kw, sign=-1.0)),
-    Hint("multiply the KL by the mask: padding after the end token carries no KL and no reward.",
-         lambda **kw: _shaping_variant(**kw, use_mask=False)),
-    Hint("the KL penalty is scaled by kl_coef (beta).", lambda **kw: _shaping_variant(**kw, coef=False)),
-])
-
-
-def _token_gae_cases():
-    return [
-        Case("one response of 3 tokens, gamma 1", dict(rewards=_t([[0.0, 0.0, 1.0]]), values=_t([[0.5, 0.2, 0.8]]),
-                                                      mask=_t([[1.0, 1.0, 1.0]]), gamma=1.0, lam=0.95), 3),
-        Case("lengths 2 and 4 (padded), values on pads must not leak",
-             dict(rewards=_randn((2, 4), 31), values=_randn((2, 4), 32), mask=_seq_mask([2, 4], 4), gamma=1.0,
-                  lam=0.9), 8),
-        Case("random batch of 8 x 12, gamma 0.99",
-             dict(rewards=_randn((8, 12), 33), values=_randn((8, 12), 34),
-                  mask=_seq_mask(torch.randint(1, 13, (8,), generator=_rng(35)).tolist(), 12), gamma=0.99, lam=0.95),
-             96),
-    ]
-
-
-def _token_gae_loop(rewards, values, mask, gamma, lam, mask_values=True, terminal=True, lam_on=True, add_values=True):
-    B, R = rewards.shape
-    adv = torch.zeros_like(rewards)
-    v = values * mask if mask_values else values
-    for i in range(B):
-        n, run = int(mask[i].sum()), 0.0
-        last = n if terminal else R
-        for t in reversed(range(last)):
-            nxt = v[i, t + 1] if t + 1 < (n if terminal else R) else 0.0
-            delta = rewards[i, t] * mask[i, t] + gamma * nxt - v[i, t]
-            run = delta + gamma * (lam if lam_on else 1.0) * run
-            adv[i, t] = run
-    adv = adv * mask
-    return adv, (adv + v) * mask if add_values else adv
-
-
-TOKEN_GAE = Spec("token_gae", ppo_token_gae, _token_gae_cases, [
-    Hint("the last real token is terminal: do not bootstrap from (or run the recursion through) the padding after it.",
-         lambda **kw: _token_gae_loop(**kw, terminal=False, mask_values=False)),
-    Hint("lambda is missing from the recursion: A_t = delta_t + gamma * lam * A_{t+1}.",
-         lambda **kw: _token_gae_loop(**kw, lam_on=False)),
-    Hint("the returns are the value targets: returns = advantages + values.",
-         lambda **kw: _token_gae_loop(**kw, add_values=False)),
-])
-
-
-def _group_cases():
-    return [
-        Case("one group of 4", dict(scores=_t([1.0, 0.0, 0.5, -0.5]), group_size=4), 4),
-        Case("two groups of 2 with different means", dict(scores=_t([3.0, 1.0, -1.0, -2.0]), group_size=2), 4),
-        Case("6 groups of 4 (random)", dict(scores=_randn((24,), 41) * 2 + 1, group_size=4), 24),
-        Case("a group whose scores are all equal (std 0: eps keeps it finite)",
-             dict(scores=_t([0.3, 0.3, 0.3, 1.0, 2.0, 0.0]), group_size=3), 6),
-    ]
-
-
-def _group_variant(scores, group_size, eps=1e-4, scope="group", unbiased=True, center=True, layout="rows"):
-    g = scores.view(-1, group_size) if layout == "rows" else scores.view(group_size, -1).T
-    if scope == "batch":
-        g = scores.view(1, -1)
-    mean = g.mean(1, keepdim=True) if center else 0.0
-    out = (g - mean) / (g.std(1, keepdim=True, unbiased=unbiased) + eps)
-    return out.T.reshape(-1) if layout == "strided" else out.reshape(-1)
-
-
-GROUP = Spec("group_advantages", grpo_group_advantages, _group_cases, [
-    Hint("normalise within each group of group_size consecutive samples, not over the whole batch.",
-         lambda **kw: _group_variant(**kw, scope="batch")),
-    Hint("groups are consecutive: samples [0, G) share a prompt, then [G, 2G) ... (view(-1, G), not view(G, -1)).",
-         lambda **kw: _group_variant(**kw, layout="strided")),
-    Hint("subtract the group mean before dividing by the group std.", lambda **kw: _group_variant(**kw, center=False)),
-    Hint("the reference uses torch's default (unbiased, n - 1) std within each group.",
-         lambda **kw: _group_variant(**kw, unbiased=False)),
-])
-
-
-def _bt_cases():
-    return [
-        Case("one pair", dict(r_chosen=_t([1.0]), r_rejected=_t([0.0])), 1),
-        Case("pairs in both orders", dict(r_chosen=_t([2.0, -1.0, 0.0, 0.5]), r_rejected=_t([0.0, 1.0, 0.0, 3.0])), 4),
-        Case("random batch of 32", dict(r_chosen=_randn((32,), 51) * 2, r_rejected=_randn((32,), 52) * 2), 32),
-        Case("confident mistakes (differences of -120): needs a stable log-sigmoid",
-             dict(r_chosen=_t([-60.0, 1.0]), r_rejected=_t([60.0, 0.0])), 2),
-    ]
-
-
-BT = Spec("bradley_terry_loss", reward_bradley_terry_loss, _bt_cases, [
-    Hint("sign: the loss is -log sigmoid(r_chosen - r_rejected); you rewarded the rejected sample.",
-         lambda r_chosen, r_rejected: -torch.nn.functional.logsigmoid(r_rejected - r_chosen).mean()),
-    Hint("the Bradley-Terry likelihood needs the log-sigmoid of the difference, not the difference itself.",
-         lambda r_chosen, r_rejected: -(r_chosen - r_rejected).mean()),
-    Hint("average over pairs (mean), do not sum.",
-         lambda r_chosen, r_rejected: -torch.nn.functional.logsigmoid(r_chosen - r_rejected).sum()),
-], grad_wrt=("r_chosen",))
-
-
-# ----------------------------------------------------------------------------- public checks
-CHECKS: dict[str, Spec] = {s.name: s for s in (RETURNS, GAE, ADV, SURROGATE, VALUE, ENTROPY_CAT, CAT_LOGP,
-                                                GAUSS_LOGP, GAUSS_ENT, KL1, KL3, MOMENTS, SHAPING,
-                                                TOKEN_GAE, GROUP, BT)}
-
-
-def _make_check(spec: Spec):
-    def check(student_fn: Callable, timeout: float = TIMEOUT_S) -> CheckResult:
-        return run_check(spec, student_fn, timeout)
-
-    ref = f"{spec.reference.__module__}.{spec.reference.__name__}"
-    check.__name__ = check.__qualname__ = f"check_{spec.name}"
-    check.__doc__ = (f"Check ``student_fn`` against :func:`{ref}` (same signature and return value) on "
-                     "hand-made edge cases and seeded random inputs; returns a :class:`CheckResult`.")
-    return check
-
-
-check_discounted_returns = _make_check(RETURNS)
-check_compute_gae = check_gae = _make_check(GAE)
-check_normalize_advantages = _make_check(ADV)
-check_clipped_surrogate_loss = _make_check(SURROGATE)
-check_value_loss = _make_check(VALUE)
-check_categorical_entropy = _make_check(ENTROPY_CAT)
-check_categorical_log_prob = _make_check(CAT_LOGP)
-check_gaussian_log_prob = _make_check(GAUSS_LOGP)
-check_gaussian_entropy = _make_check(GAUSS_ENT)
-check_kl_k1 = _make_check(KL1)
-check_kl_k3 = _make_check(KL3)
-check_merge_moments = check_running_mean_std = _make_check(MOMENTS)
-check_shaped_rewards = _make_check(SHAPING)
-check_token_gae = _make_check(TOKEN_GAE)
-check_group_advantages = _make_check(GROUP)
-check_bradley_terry_loss = _make_check(BT)
+SPECS = (RETURNS, GAE, ADV, SURROGATE, VALUE, ENTROPY_CAT, CAT_LOGP, GAUSS_LOGP, GAUSS_ENT, KL1, KL3, MOMENTS)
+check_discounted_returns = make_check(RETURNS)
+check_compute_gae = check_gae = make_check(GAE)
+check_normalize_advantages = make_check(ADV)
+check_clipped_surrogate_loss = make_check(SURROGATE)
+check_value_loss = make_check(VALUE)
+check_categorical_entropy = make_check(ENTROPY_CAT)
+check_categorical_log_prob = make_check(CAT_LOGP)
+check_gaussian_log_prob = make_check(GAUSS_LOGP)
+check_gaussian_entropy = make_check(GAUSS_ENT)
+check_kl_k1 = make_check(KL1)
+check_kl_k3 = make_check(KL3)
+check_merge_moments = check_running_mean_std = make_check(MOMENTS)
