@@ -379,6 +379,10 @@ class PPO:
 
         Returns ``(action, None)`` like Stable-Baselines3 (the second item is the recurrent
         state, always ``None`` here). Observation normalisation uses the saved statistics.
+
+        ``deterministic=True`` by default (SB3's default is False): the greedy action (argmax,
+        or the Gaussian mean) is what evaluating or deploying a trained agent wants, and it
+        matches ``evaluate``. Pass ``deterministic=False`` to sample from the policy.
         """
         obs = np.asarray(obs, np.float32)
         single = obs.ndim == 1
