@@ -152,6 +152,8 @@ class GRPO:
         return {"loss": loss.item(), "kl_k3": info["kl_k3"].item(), "kl": kl_seq.item(),
                 "clip_fraction": info["clip_fraction"].item()}
 
-    def train(self, steps: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True) -> list[dict]:
-        """Run ``steps`` GRPO steps; ``callback(stats)`` after each; returns all stats."""
-        return run_steps(self, steps, callback, progress_bar, "GRPO", "step", "loss")
+    def train(self, steps: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True,
+              tensorboard_log=None) -> list[dict]:
+        """Run ``steps`` GRPO steps; ``callback(stats)`` after each; returns all stats (also written
+        to TensorBoard under ``tensorboard_log/GRPO_<k>`` when given)."""
+        return run_steps(self, steps, callback, progress_bar, "GRPO", "step", "loss", tensorboard_log)

@@ -311,17 +311,23 @@ class PPORLHF:
 
     # ------------------------------------------------------------ many iterations
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,
-              progress_bar: bool = True) -> list[dict]:
-        """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats."""
-        return run_steps(self, iterations, callback, progress_bar, "PPO-RLHF", "it", "kl")
+              progress_bar: bool = True, tensorboard_log=None) -> list[dict]:
+        """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats
+        (also written to TensorBoard under ``tensorboard_log/PPO_RLHF_<k>`` when given)."""
+        return run_steps(self, iterations, callback, progress_bar, "PPO-RLHF", "it", "kl", tensorboard_log)
 
 
-def run_steps(trainer, n: int, callback, progress_bar: bool, desc: str, unit: str, finite_key: str) -> list[dict]:
+def run_steps(trainer, n: int, callback, progress_bar: bool, desc: str, unit: str, finite_key: str,
+              tensorboard_log=None) -> list[dict]:
     """``n`` calls of ``trainer.step()`` with a progress bar (rank 0 only), stopping on a non-finite
-    ``stats[finite_key]``; ``callback(stats)`` after each step. Shared by PPO-RLHF and GRPO."""
+    ``stats[finite_key]``; ``callback(stats)`` after each step; each row to TensorBoard (rank 0)
+    when ``tensorboard_log`` is a folder. Shared by PPO-RLHF and GRPO."""
     from ..progress import progress
+    from ..tblog import tb_writer
 
     history = []
+    tb = tb_writer(tensorboard_log, desc.replace("-", "_"), step_key="iteration") \
+        if tensorboard_log is not None and trainer.dist.is_main else None
     with progress(n, progress_bar and trainer.dist.is_main, desc=desc, unit=unit) as bar:
         for _ in range(n):
             stats = trainer.step()
@@ -330,6 +336,10 @@ def run_steps(trainer, n: int, callback, progress_bar: bool, desc: str, unit: st
             if callback is not None:
                 callback(stats)
             history.append(stats)
+            if tb is not None:
+                tb.log(stats)
             bar.update(1)
             bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
+    if tb is not None:
+        tb.close()
     return history
