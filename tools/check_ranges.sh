@@ -55,10 +55,10 @@ run_case() {
 import sys, importlib.metadata as m
 names = ['torch', 'gymnasium', 'transformers', 'tokenizers', 'numpy', 'matplotlib']
 print(f'python {sys.version.split()[0]}, ' + ', '.join(f'{n} {m.version(n)}' for n in names))")
-  local summary
-  summary=$(OMP_NUM_THREADS=1 MPLBACKEND=Agg "$venv/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" \
-            -m "not slow" $TESTS 2>&1 | tail -1)
-  echo "RESULT $name: $versions: $summary"
+  OMP_NUM_THREADS=1 MPLBACKEND=Agg "$venv/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" -rf \
+    -m "not slow" $TESTS > "$WORK/$name.log" 2>&1
+  grep -E "^(FAILED|ERROR) " "$WORK/$name.log" | cut -c1-300
+  echo "RESULT $name: $versions: $(tail -1 "$WORK/$name.log")"
   rm -rf "$venv"
 }
 
