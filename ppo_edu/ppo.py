@@ -127,16 +127,21 @@ PRESETS: dict[str, tuple[PPOConfig, int]] = {
 
 def preset(env_id: str) -> tuple[PPOConfig, int]:
     """``(config, total_timesteps)`` tuned for ``env_id``; the defaults for other envs, with a
-    notice printed once per env (to stderr) saying so."""
-    if env_id not in PRESETS and env_id not in _NOTIFIED:
-        _NOTIFIED.add(env_id)
-        print(f"ppo_edu: no tuned preset for {env_id!r}: using PPOConfig() defaults and 200000 steps. "
-              f"Tuned presets ({', '.join(PRESETS)}) are in ppo_edu.PRESETS (ppo_edu/ppo.py); "
-              "pass a PPOConfig to tune your own.", file=sys.stderr)
+    notice printed once per registered env (to stderr) saying so."""
+    if env_id not in PRESETS and env_id in gym.registry:
+        _notify_no_preset(env_id)
     return PRESETS.get(env_id, (PPOConfig(), 200_000))
 
 
 _NOTIFIED: set = set()  # envs already told that they have no preset
+
+
+def _notify_no_preset(name: str) -> None:
+    if name not in _NOTIFIED:
+        _NOTIFIED.add(name)
+        print(f"ppo_edu: no tuned preset for {name!r}: using PPOConfig() defaults and 200000 steps. "
+              f"Tuned presets ({', '.join(PRESETS)}) are in ppo_edu.PRESETS (ppo_edu/ppo.py); "
+              "pass a PPOConfig to tune your own.", file=sys.stderr)
 
 
 def _display_name(env) -> str:
@@ -160,7 +165,9 @@ class PPO:
         form = env_form(env)  # TypeError for anything that is not an env
         self.env_id = env_name(env)
         if config is None:
-            config = preset(self.env_id or _display_name(env))[0]
+            if self.env_id is None:
+                _notify_no_preset(_display_name(env))
+            config = preset(self.env_id)[0]
         if not isinstance(config, PPOConfig):
             raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
         self._env_source = env if form in ("id", "factory") else None  # evaluate() rebuilds from it

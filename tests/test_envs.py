@@ -138,3 +138,12 @@ def test_tensorboard_log_without_the_package_says_how_to_install(tmp_path, monke
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r'tensorboard package.*pip install -c constraints.txt -e "\.\[tensorboard\]"'):
         PPO("CartPole-v1", SMALL, tensorboard_log=tmp_path)
+
+
+def test_an_unregistered_env_gets_the_notice_and_a_typo_gets_only_its_error(capsys, monkeypatch):
+    monkeypatch.setattr(ppo_module, "_NOTIFIED", set())
+    PPO(Corridor)
+    assert "no tuned preset for 'Corridor'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+        PPO("NoSuchEnv-v0")
+    assert "no tuned preset" not in capsys.readouterr().err

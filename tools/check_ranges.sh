@@ -4,7 +4,8 @@
 # the ends of the ranges in throwaway venvs and run the fast unit tests in each.
 #
 #   tools/check_ranges.sh                 # all three cases, one after another
-#   tools/check_ranges.sh oldest          # one case: oldest | newest-libs | newest-torch
+#   tools/check_ranges.sh oldest          # one case: oldest | newest-libs | newest-torch | pinned
+#   PYTHON=python3.12 tools/check_ranges.sh pinned   # the constraints.txt pins on another Python
 #
 # Run by hand, not in CI: each case installs a fresh environment from the registry (minutes;
 # newest-torch is a multi-GB CUDA build unless PRE_INSTALL names local wheels, see below).
@@ -12,6 +13,7 @@
 #   oldest        every runtime and RLHF dependency at its claimed lower bound (torch 2.13.0)
 #   newest-libs   torch 2.13.0 with the newest gymnasium, transformers, numpy, ... that the ranges allow
 #   newest-torch  the newest torch the range allows, the rest at the constraints.txt pins
+#   pinned        every package at its constraints.txt pin (what the README's install gives)
 # Environment: PYTHON (default python3.11), PRE_INSTALL (wheel files installed with --no-deps
 # first, e.g. a local torch build and its CUDA wheels, so nothing large is downloaded).
 set -uo pipefail
@@ -45,7 +47,7 @@ run_case() {
   echo "== $name: $*"
   "$PYTHON" -m venv "$venv" || return 1
   local pip="$venv/bin/pip -q --disable-pip-version-check"
-  if [ -n "${PRE_INSTALL:-}" ] && [ "$name" = newest-torch ]; then
+  if [ -n "${PRE_INSTALL:-}" ]; then
     $pip install --no-deps $PRE_INSTALL || { echo "RESULT $name: pre-install failed"; return 1; }
   fi
   $pip install "$@" pytest hypothesis packaging || { echo "RESULT $name: install failed"; return 1; }
@@ -71,6 +73,8 @@ case_newest_torch() {
   run_case newest-torch "$torch_req" -c "$WORK/constraints-no-torch.txt" \
     $(reqs upper | grep -v '^torch' | sed 's/[<>=].*//')
 }
+
+case_pinned() { run_case pinned -c constraints.txt $(reqs upper | sed 's/[<>=].*//'); }
 
 cases=${*:-oldest newest-libs newest-torch}
 for c in $cases; do
