@@ -136,7 +136,8 @@ def test_tensorboard_log_without_the_package_says_how_to_install(tmp_path, monke
     import sys
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(ImportError, match=r'tensorboard package.*pip install -c constraints.txt -e "\.\[tensorboard\]"'):
+    hint = r'tensorboard package.*pip install -c constraints.txt -e "\.\[tensorboard\]"'
+    with pytest.raises(ImportError, match=hint):
         PPO("CartPole-v1", SMALL, tensorboard_log=tmp_path)
 
 

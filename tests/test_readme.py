@@ -57,7 +57,8 @@ def test_the_readme_has_blocks_and_every_one_is_python_or_bash():
 @pytest.mark.parametrize("block", RUN, ids=_id)
 def test_readme_block_runs_as_written(block, tmp_path):
     out = _run(block, tmp_path)
-    assert out.returncode == 0, f"README block at line {block['line']} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    assert out.returncode == 0, \
+        f"README block at line {block['line']} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
     if "callback=" in block["code"]:  # a callback must not stop training on the NaN before the first episode
         steps = int(out.stdout.strip().splitlines()[-1].split()[0])
         assert steps > 256, f"the README's callback stopped training after {steps} steps"

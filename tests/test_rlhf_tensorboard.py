@@ -22,7 +22,8 @@ def test_rlhf_trainers_log_every_row_to_tensorboard(tmp_path):
     a = pipeline.load_assets("micro", 0, "rm", progress_bar=False, device="cpu", cache_dir=tmp_path / "cache")
     scorer = pipeline.RewardModelScorer(a.reward_model)
     preset = pipeline.PRESETS["micro"]
-    for cls, cfg, folder, group in ((PPORLHF, preset.ppo, "PPO_RLHF_1", "ppo_rlhf"), (GRPO, preset.grpo, "GRPO_1", "grpo")):
+    cases = ((PPORLHF, preset.ppo, "PPO_RLHF_1", "ppo_rlhf"), (GRPO, preset.grpo, "GRPO_1", "grpo"))
+    for cls, cfg, folder, group in cases:
         trainer = cls(copy.deepcopy(a.policy), a.tok, a.prompts, scorer, cfg, ref=a.policy)
         hist = trainer.train(2, progress_bar=False, tensorboard_log=tmp_path / "tb")
         scalars = _scalars(tmp_path / "tb" / folder)
