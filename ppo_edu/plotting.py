@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["curve_band", "plot_learning_curves", "save_run_plot"]
+__all__ = ["curve_band", "plot_learning_curves", "save_run_plot", "diagnostics_axes"]
 
 
 def curve_band(runs: Sequence[Sequence[dict]], x: str = "env_steps", y: str = "episodic_return",
@@ -54,23 +54,34 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Sequence[dict]]], x: str 
 
 
 def save_run_plot(rows: Sequence[dict], path, title: str) -> None:
-    """The learning curve of one run (episodic return and approx KL) to a PNG."""
+    """The learning curve of one run to a PNG: episodic return; approx KL and clip fraction
+    each on its own y-axis (KL is ~0.01 where the clip fraction is ~0.1)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4), dpi=80)
     steps = [r["env_steps"] for r in rows]
     ax1.plot(steps, [r["episodic_return"] for r in rows], label="mean of last 20 episodes")
     ax1.set(xlabel="environment steps", ylabel="episodic return", title=title)
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
-    ax2.plot(steps, [r["approx_kl"] for r in rows], label="approx KL (k3)")
-    ax2.plot(steps, [r["clip_fraction"] for r in rows], label="clip fraction")
-    ax2.set(xlabel="environment steps", ylabel="per-update mean", title="update diagnostics")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
+    diagnostics_axes(ax2, steps, rows)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def diagnostics_axes(ax, steps, rows):
+    """Clip fraction on ``ax`` (left axis) and approx KL on a twin axis (right); returns the twin."""
+    kl_ax = ax.twinx()
+    clip, = ax.plot(steps, [r["clip_fraction"] for r in rows], color="C1", label="clip fraction (left)")
+    kl, = kl_ax.plot(steps, [r["approx_kl"] for r in rows], color="C2", label="approx KL, k3 (right)")
+    ax.set(xlabel="environment steps", ylabel="clip fraction", title="update diagnostics")
+    kl_ax.set_ylabel("approx KL (nats)")
+    ax.yaxis.label.set_color(clip.get_color())
+    kl_ax.yaxis.label.set_color(kl.get_color())
+    ax.legend(handles=[clip, kl], fontsize=8)
+    ax.grid(alpha=0.3)
+    return kl_ax

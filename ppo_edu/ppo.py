@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -24,7 +25,8 @@ from .losses import clipped_surrogate_loss, entropy_bonus, value_loss
 from .networks import ActorCritic
 from .normalization import RewardScaler, RunningMeanStd
 from .progress import progress as _progress
-from .rollout import RolloutBuffer, RolloutCollector, make_vec_env
+from .rollout import RolloutBuffer, RolloutCollector, as_vec_env, env_form, env_name
+from .tblog import tb_writer
 
 __all__ = ["PPOConfig", "PPO", "PRESETS", "preset", "set_threads"]
 
@@ -101,29 +103,56 @@ PRESETS: dict[str, tuple[PPOConfig, int]] = {
 
 
 def preset(env_id: str) -> tuple[PPOConfig, int]:
-    """``(config, total_timesteps)`` tuned for ``env_id``; the defaults for other envs."""
+    """``(config, total_timesteps)`` tuned for ``env_id``; the defaults for other envs, with a
+    notice printed once per registered env (to stderr) saying so."""
+    if env_id not in PRESETS and env_id in gym.registry:
+        _notify_no_preset(env_id)
     return PRESETS.get(env_id, (PPOConfig(), 200_000))
+
+
+_NOTIFIED: set = set()  # envs already told that they have no preset
+
+
+def _notify_no_preset(name: str) -> None:
+    if name not in _NOTIFIED:
+        _NOTIFIED.add(name)
+        print(f"ppo_edu: no tuned preset for {name!r}: using PPOConfig() defaults and 200000 steps. "
+              f"Tuned presets ({', '.join(PRESETS)}) are in ppo_edu.PRESETS (ppo_edu/ppo.py); "
+              "pass a PPOConfig to tune your own.", file=sys.stderr)
+
+
+def _display_name(env) -> str:
+    """A name for an env without a registered id (for messages)."""
+    return getattr(env, "__name__", None) or type(getattr(env, "unwrapped", env)).__name__
 
 
 class PPO:
     """PPO agent: ``PPO("CartPole-v1").learn(100_000)``, then ``predict``, ``evaluate``, ``save``.
 
-    ``env`` is an environment id, or a gymnasium ``VectorEnv`` (its ``num_envs`` replaces
-    ``config.n_envs``). Without ``config`` the tuned preset for the id is used.
+    ``env`` takes the forms Stable-Baselines3 users pass: an environment id; a
+    ``gymnasium.Env`` class or a callable returning an env (``config.n_envs`` copies are made);
+    a ``gymnasium.Env`` instance (trained on alone: ``n_envs`` becomes 1, as in SB3); or a
+    ``VectorEnv`` (its ``num_envs`` replaces ``config.n_envs``). Without ``config`` the tuned
+    preset for the env's id is used (the defaults, with a one-time notice, for other envs).
+    ``tensorboard_log`` is a folder: each ``learn`` row is also written there for TensorBoard
+    (needs the ``tensorboard`` extra), in a new ``PPO_<k>`` run folder per agent.
     """
 
-    def __init__(self, env: str | gym.vector.VectorEnv, config: PPOConfig | None = None, seed: int = 0):
-        self.env_id = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", None)
+    def __init__(self, env, config: PPOConfig | None = None, seed: int = 0, tensorboard_log=None):
+        form = env_form(env)  # TypeError for anything that is not an env
+        self.env_id = env_name(env)
         if config is None:
-            config = preset(self.env_id)[0] if self.env_id else PPOConfig()
+            if self.env_id is None:
+                _notify_no_preset(_display_name(env))
+            config = preset(self.env_id)[0]
         if not isinstance(config, PPOConfig):
             raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
-        if isinstance(env, str):
-            env = make_vec_env(env, config.n_envs)
-        elif not isinstance(env, gym.vector.VectorEnv):
-            raise TypeError(f"env must be an environment id or a gymnasium VectorEnv, got {type(env).__name__}")
-        elif env.num_envs != config.n_envs:
+        self._env_source = env if form in ("id", "factory") else None  # evaluate() rebuilds from it
+        env = as_vec_env(env, config.n_envs)
+        self.env_id = self.env_id or env_name(env)  # a factory's env may carry a registered id
+        if env.num_envs != config.n_envs:
             config = config.replace(n_envs=env.num_envs)
+        self._tb = tb_writer(tensorboard_log, "PPO") if tensorboard_log is not None else None
         self.config, self.seed, self.env = config, int(seed), env
         self.dist = distributed.info()  # rank and world size; (0, 1) outside torchrun
         set_threads(config.threads)
@@ -214,12 +243,16 @@ class PPO:
             self.n_updates += 1
             row = self._metrics_row(buf, returns.numpy(), stats, lr, clip_eps, time.perf_counter() - start)
             self.history.append(row)
+            if self._tb is not None:
+                self._tb.log(row)  # tensorboard_log=: the same row, as TensorBoard scalars
             bar.update(cfg.batch_size * world)
             if progress_bar:
                 bar.set_postfix(ret=f"{row['episodic_return']:.1f}", kl=f"{row['approx_kl']:.3f}", refresh=False)
             if callback is not None and callback(self, row) is False:
                 break
         bar.close()
+        if self._tb is not None:
+            self._tb.flush()
         return self
 
     def _update(self, buf: RolloutBuffer, advantages, returns, lr: float, clip_eps: float) -> dict:
@@ -358,6 +391,10 @@ class PPO:
 
         Returns ``(action, None)`` like Stable-Baselines3 (the second item is the recurrent
         state, always ``None`` here). Observation normalisation uses the saved statistics.
+
+        ``deterministic=True`` by default (SB3's default is False): the greedy action (argmax,
+        or the Gaussian mean) is what evaluating or deploying a trained agent wants, and it
+        matches ``evaluate``. Pass ``deterministic=False`` to sample from the policy.
         """
         obs = self._check_obs(obs)
         single = obs.ndim == 1
@@ -387,27 +424,42 @@ class PPO:
         return obs
 
     def evaluate(self, n_episodes: int = 20, deterministic: bool = True, seed: int = 10_000,
-                 env_id: str | None = None) -> tuple[float, float]:
+                 env=None, env_id: str | None = None) -> tuple[float, float]:
         """Mean and std of the undiscounted return over ``n_episodes`` fresh episodes.
 
-        Runs ``n_episodes`` environments side by side, one episode each, on their raw rewards.
+        ``env`` takes the forms ``PPO(env)`` does; by default the env the agent was built
+        from (its id, class or factory). An id, class or factory gives ``n_episodes`` copies
+        side by side, one episode each; a given env instance or ``VectorEnv`` is used as it
+        is, in rounds of one episode per sub-environment. Rewards are the raw ones.
+        ``env_id=`` is the older spelling of ``env=`` for an id.
         """
-        env_id = env_id or self.env_id
-        if env_id is None:
-            raise ValueError("evaluate() needs env_id= when the agent was built from an unregistered env")
-        if n_episodes < 1:
+        if isinstance(n_episodes, bool) or not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
             raise ValueError(f"n_episodes={n_episodes!r} is invalid: allowed values are integers >= 1")
-        env = make_vec_env(env_id, n_episodes)
+        source = next((e for e in (env, env_id, self._env_source, self.env_id) if e is not None), None)
+        if source is None:
+            raise ValueError("evaluate() needs env= (an env id, class, factory, instance or VectorEnv): this "
+                             "agent was built from an env instance that has no registered id")
+        vec = as_vec_env(source, n_episodes)
+        owned = vec is not source and not isinstance(source, gym.Env)  # ours to close
+        totals = []
+        while len(totals) < n_episodes:
+            totals += self._episodes(vec, seed + len(totals), deterministic)
+        if owned:
+            vec.close()
+        totals = np.array(totals[:n_episodes])
+        return float(totals.mean()), float(totals.std())
+
+    def _episodes(self, env: gym.vector.VectorEnv, seed: int, deterministic: bool) -> list[float]:
+        """One episode in each sub-environment of ``env``; their undiscounted returns."""
         obs, _ = env.reset(seed=seed)
-        totals = np.zeros(n_episodes)
-        finished = np.zeros(n_episodes, bool)
+        totals = np.zeros(env.num_envs)
+        finished = np.zeros(env.num_envs, bool)
         while not finished.all():
             actions, _ = self.predict(obs, deterministic=deterministic)
             obs, rewards, term, trunc, _ = env.step(actions)
             totals += np.where(finished, 0.0, rewards)
             finished |= np.logical_or(term, trunc)
-        env.close()
-        return float(totals.mean()), float(totals.std())
+        return totals.tolist()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
@@ -468,8 +520,9 @@ class PPO:
             c.reward_scaler.ret = rs["ret"].numpy().copy()
 
     @classmethod
-    def load(cls, path, env: str | gym.vector.VectorEnv | None = None) -> "PPO":
-        """Rebuild an agent saved with :meth:`save` (the env is re-created from its id).
+    def load(cls, path, env=None) -> "PPO":
+        """Rebuild an agent saved with :meth:`save`. The env is re-created from its saved id, or
+        is ``env`` in any form ``PPO(env)`` takes (needed when the env is not registered).
 
         ``load(path).learn(n, reset_num_timesteps=False)`` continues training exactly where the
         saved agent stopped. Any damage to the file is a :class:`~ppo_edu.checkpoint.CheckpointError`."""
@@ -481,7 +534,8 @@ class PPO:
             raise bad(f"has an invalid config: {err}") from None
         env = env if env is not None else state["env_id"]
         if env is None:
-            raise ValueError("this checkpoint's env is not registered: pass env= to PPO.load")
+            raise ValueError(f"checkpoint {str(path)!r} has no registered env id: pass env= to PPO.load "
+                             "(an env id, class, factory, instance or VectorEnv)")
         agent = cls(env, config, seed=state.get("seed", 0))
         try:
             agent.model.load_state_dict(state["model"])

@@ -26,7 +26,7 @@ from gymnasium.vector import AutoresetMode
 
 from .normalization import RewardScaler, RunningMeanStd
 
-__all__ = ["make_vec_env", "RolloutBuffer", "RolloutCollector"]
+__all__ = ["make_vec_env", "as_vec_env", "env_form", "env_name", "RolloutBuffer", "RolloutCollector"]
 
 
 def make_vec_env(env_id: str, n_envs: int, **env_kwargs) -> gym.vector.VectorEnv:
@@ -41,6 +41,59 @@ def make_vec_env(env_id: str, n_envs: int, **env_kwargs) -> gym.vector.VectorEnv
         return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
     return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **env_kwargs)
+
+
+def env_form(env) -> str:
+    """Which form of env this is: ``"id"``, ``"vector"``, ``"instance"`` or ``"factory"`` (an Env
+    class or any other callable); a TypeError naming the allowed forms for anything else."""
+    if isinstance(env, str):
+        return "id"
+    if isinstance(env, gym.vector.VectorEnv):
+        return "vector"
+    if isinstance(env, gym.Env):
+        return "instance"
+    if callable(env):
+        return "factory"
+    raise TypeError(f"env={env!r} is not an environment: allowed are an env id (str), a gymnasium.Env "
+                    "instance, a gymnasium.Env class, a callable returning one, or a gymnasium VectorEnv")
+
+
+def as_vec_env(env, n_envs: int) -> gym.vector.VectorEnv:
+    """The vector env that PPO trains or evaluates on, from any of the forms users pass
+    (as Stable-Baselines3 accepts them):
+
+    * an environment id (``"CartPole-v1"``): ``n_envs`` copies, via :func:`make_vec_env`;
+    * a ``gym.Env`` subclass or a callable returning a ``gym.Env``: ``n_envs`` copies in a
+      ``SyncVectorEnv`` (``SAME_STEP`` autoreset); a callable may also return a ``VectorEnv``;
+    * a ``gym.Env`` instance: that one environment (``num_envs`` is 1);
+    * a ``gym.vector.VectorEnv``: itself, unchanged.
+    """
+    form = env_form(env)
+    if form == "id":
+        return make_vec_env(env, n_envs)
+    if form == "vector":
+        return env
+    if form == "instance":
+        return _sync([lambda: env])
+    factory = env
+    first = factory()
+    if isinstance(first, gym.vector.VectorEnv):
+        return first
+    if not isinstance(first, gym.Env):
+        raise TypeError(f"env factory {env!r} returned {type(first).__name__}, not a gymnasium.Env")
+    return _sync([lambda: first] + [factory] * (n_envs - 1))
+
+
+def _sync(fns) -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def env_name(env) -> str | None:
+    """The registered id of ``env`` in any of the forms :func:`as_vec_env` takes, else None."""
+    if isinstance(env, str):
+        return env
+    spec = getattr(env, "spec", None)
+    return getattr(spec, "id", None)
 
 
 @dataclass

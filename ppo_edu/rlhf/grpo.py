@@ -148,6 +148,8 @@ class GRPO(LMTrainer):
 
     _minibatch = minibatch_step    # the old private name; use minibatch_step
 
-    def train(self, steps: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True) -> list[dict]:
-        """Run ``steps`` GRPO steps; ``callback(stats)`` after each; returns all stats."""
-        return self.run(steps, callback, progress_bar)
+    def train(self, steps: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True,
+              tensorboard_log=None) -> list[dict]:
+        """Run ``steps`` GRPO steps; ``callback(stats)`` after each; returns all stats (also written
+        to TensorBoard under ``tensorboard_log/GRPO_<k>`` when given)."""
+        return self.run(steps, callback, progress_bar, tensorboard_log)

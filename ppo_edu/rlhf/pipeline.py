@@ -367,9 +367,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: int = 0, progress_bar: bool = True,
                  device="auto", ppo_iterations: int | None = None, grpo_steps: int | None = None,
-                 cache_dir: str | Path | None = None) -> dict:
+                 cache_dir: str | Path | None = None, tensorboard_log: str | Path | None = None) -> dict:
     """Everything end to end; writes ``summary.json``, ``ppo.csv``, ``grpo.csv``, ``samples.md`` and
-    ``rlhf.png`` to ``out`` (when given) and returns the summary.
+    ``rlhf.png`` to ``out`` (when given) and returns the summary. With ``tensorboard_log`` the
+    trainers' rows also go to TensorBoard (``PPO_RLHF_<k>`` and ``GRPO_<k>`` run folders there).
 
     Under torchrun every rank samples its own prompts and the trainers average gradients over
     ranks; rank 0 alone builds the assets and writes the run folder."""
@@ -380,7 +381,8 @@ def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: 
     a = load_assets(p.size, seed, "rm", progress_bar, device, cache_dir)
     scorer = RewardModelScorer(a.reward_model)
     before = evaluate_policy(a.policy, a, p.eval_samples, max_new_tokens=p.ppo.max_new_tokens)
-    runs, summary = {}, {"preset": preset, "seed": seed, "device": str(device), "parameters": a.info["parameters"],
+    runs, summary = {}, {"preset": preset, "seed": seed, "device": str(device), "eval_samples": p.eval_samples,
+                         "parameters": a.info["parameters"],
                          "rm_heldout_accuracy": a.info["rm"]["heldout_accuracy"],
                          "before": {k: before[k] for k in ("gold", "rm", "ended")}}
     for name, cls, cfg, n in (("ppo", PPORLHF, p.ppo, ppo_iterations or p.ppo_iterations),
@@ -389,7 +391,8 @@ def run_pipeline(preset: str = "cpu-tiny", out: str | Path | None = None, seed: 
         policy = copy.deepcopy(a.policy)
         trainer = cls(policy, a.tok, a.prompts, scorer, cfg, ref=a.policy, seed=seed)
         hist = []
-        trainer.train(n, callback=_gold_callback(a.tok, trainer, hist), progress_bar=progress_bar)
+        trainer.train(n, callback=_gold_callback(a.tok, trainer, hist), progress_bar=progress_bar,
+                      tensorboard_log=tensorboard_log)
         after = evaluate_policy(policy, a, p.eval_samples, max_new_tokens=cfg.max_new_tokens, ref=a.policy)
         mem = measure_trainer(trainer, a.reward_model)
         times = sorted(h["time_iter"] for h in hist)
@@ -419,4 +422,4 @@ def _write_run(out: Path, summary: dict, runs: dict, before: dict) -> None:
     (out / "samples.md").write_text("\n".join(lines) + "\n")
     from .plots import plot_rlhf_run
 
-    plot_rlhf_run({k: h for k, (h, _) in runs.items()}, out / "rlhf.png")
+    plot_rlhf_run({k: h for k, (h, _) in runs.items()}, out / "rlhf.png", summary=summary)

@@ -235,6 +235,7 @@ class PPORLHF(LMTrainer):
 
     # ------------------------------------------------------------ many iterations
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,
-              progress_bar: bool = True) -> list[dict]:
-        """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats."""
-        return self.run(iterations, callback, progress_bar)
+              progress_bar: bool = True, tensorboard_log=None) -> list[dict]:
+        """Run ``iterations`` PPO iterations; ``callback(stats)`` after each; returns all stats
+        (also written to TensorBoard under ``tensorboard_log/PPO_RLHF_<k>`` when given)."""
+        return self.run(iterations, callback, progress_bar, tensorboard_log)

@@ -154,12 +154,17 @@ class LMTrainer:
             self._minibatch_hooks.remove(hook)
 
     # ------------------------------------------------------------ many iterations
-    def run(self, n: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True) -> list[dict]:
+    def run(self, n: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True,
+            tensorboard_log=None) -> list[dict]:
         """``n`` calls of ``step()`` with a progress bar (rank 0 only), stopping on a non-finite
-        ``stats[finite_key]``; ``callback(stats)`` after each step. Returns all statistics."""
+        ``stats[finite_key]``; ``callback(stats)`` after each step; each row to TensorBoard (rank 0)
+        when ``tensorboard_log`` is a folder. Returns all statistics."""
         from ..progress import progress
+        from ..tblog import tb_writer
 
         history = []
+        tb = tb_writer(tensorboard_log, self.name.replace("-", "_"), step_key="iteration") \
+            if tensorboard_log is not None and self.dist.is_main else None
         with progress(n, progress_bar and self.dist.is_main, desc=self.name, unit=self.unit) as bar:
             for _ in range(n):
                 stats = self.step()
@@ -170,6 +175,10 @@ class LMTrainer:
                 if callback is not None:
                     callback(stats)
                 history.append(stats)
+                if tb is not None:
+                    tb.log(stats)
                 bar.update(1)
                 bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
+        if tb is not None:
+            tb.close()
         return history
