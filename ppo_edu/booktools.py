@@ -57,12 +57,13 @@ def _stored(cell) -> list[str]:
         text = o.get("data", {}).get("text/plain")
         text = "".join(text) if isinstance(text, list) else text
         if text and text.startswith(HEADER):
-            out.append(text)
+            out.append(text.rstrip("\n"))
     return out
 
 
 def shown_sources(nb) -> list[tuple[int, list[str], list[str]]]:
-    """``(cell index, stored texts, texts show gives now)`` for every code cell that calls ``show``."""
+    """``(cell index, stored texts, texts show gives now)`` for every code cell that calls ``show``
+    (texts without their final newline, as a kernel stores them)."""
     from ppo_edu.display import source_text
 
     ns, rows = None, []
@@ -77,7 +78,7 @@ def shown_sources(nb) -> list[tuple[int, list[str], list[str]]]:
         for call in calls:
             args = [eval(compile(ast.Expression(a), "<show>", "eval"), ns) for a in call.args]  # noqa: S307
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-            now.append(source_text(*args, **kwargs))
+            now.append(source_text(*args, **kwargs).rstrip("\n"))  # as a kernel stores it
         rows.append((i, _stored(cell), now))
     return rows
 
@@ -87,7 +88,6 @@ def _display_data(text: str) -> dict:
     from IPython.display import Code
 
     data, _ = DisplayFormatter().format(Code(text, language="python"))
-    data["text/plain"] = text  # what Code's repr gives, without depending on the IPython version
     return {"output_type": "display_data", "metadata": {}, "data": data}
 
 
@@ -137,16 +137,21 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m ppo_edu.booktools NOTEBOOK.ipynb [...]", file=sys.stderr)
         return 2
+    status = 0
     for name in argv:
         path = Path(name)
         if not path.is_file() or path.suffix != ".ipynb":
             print(f"booktools: {name!r} is not a notebook file (.ipynb)", file=sys.stderr)
             return 2
         nb = nbformat.read(path, as_version=4)
-        bars, shown = tidy_streams(nb), refresh_shown(nb)
+        bars = tidy_streams(nb)
+        try:
+            shown = refresh_shown(nb)
+        except Exception as err:  # a show() call that no longer evaluates: say which, keep the tidied streams
+            shown, status = f"NOT ({type(err).__name__}: {err})", 1
         nbformat.write(nbformat.from_dict(nb), path)
         print(f"{name}: {bars} cells' streams tidied, {shown} show outputs refreshed")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
