@@ -141,3 +141,12 @@ def test_chapters_show_and_call_only_public_names(chapter):
         ast.parse(cell.source)
         found = PRIVATE.findall(code)
         assert not found, f"{chapter.name} cell {index} uses private names {found}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapters_cut_source_by_marker_not_by_line_numbers(chapter):
+    nb = nbformat.read(chapter, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not re.search(r"inspect\.getsource|\bshow\([^)]*\blines=", cell.source), \
+                f"{chapter.name} cell {index}: use ppo_edu.show(f, excerpt=...) rather than line numbers"
