@@ -61,11 +61,10 @@ def _stored(cell) -> list[str]:
     return out
 
 
-def shown_sources(nb) -> list[tuple[int, list[str], list[str]]]:
+def shown_sources(nb, errors: list | None = None) -> list[tuple[int, list[str], list[str]]]:
     """``(cell index, stored texts, texts show gives now)`` for every code cell that calls ``show``
-    (texts without their final newline, as a kernel stores them)."""
-    from ppo_edu.display import source_text
-
+    (texts without their final newline, as a kernel stores them). A call that fails raises, or, when
+    an ``errors`` list is given, is appended to it as ``(cell index, exception)`` and its cell skipped."""
     ns, rows = None, []
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code" or "show(" not in _code(cell):
@@ -74,13 +73,21 @@ def shown_sources(nb) -> list[tuple[int, list[str], list[str]]]:
         if not calls:
             continue
         ns = _namespace(nb) if ns is None else ns
-        now = []
-        for call in calls:
-            args = [eval(compile(ast.Expression(a), "<show>", "eval"), ns) for a in call.args]  # noqa: S307
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-            now.append(source_text(*args, **kwargs).rstrip("\n"))  # as a kernel stores it
-        rows.append((i, _stored(cell), now))
+        try:
+            rows.append((i, _stored(cell), [_shown_now(call, ns) for call in calls]))
+        except Exception as err:
+            if errors is None:
+                raise
+            errors.append((i, err))
     return rows
+
+
+def _shown_now(call: ast.Call, ns: dict) -> str:
+    from ppo_edu.display import source_text
+
+    args = [eval(compile(ast.Expression(a), "<show>", "eval"), ns) for a in call.args]  # noqa: S307
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    return source_text(*args, **kwargs).rstrip("\n")  # as a kernel stores it
 
 
 def _display_data(text: str) -> dict:
@@ -91,10 +98,11 @@ def _display_data(text: str) -> dict:
     return {"output_type": "display_data", "metadata": {}, "data": data}
 
 
-def refresh_shown(nb) -> int:
-    """Replace each stored ``show`` output by what ``show`` displays now; returns how many changed."""
+def refresh_shown(nb, errors: list | None = None) -> int:
+    """Replace each stored ``show`` output by what ``show`` displays now; returns how many changed.
+    With an ``errors`` list, cells whose ``show`` call fails are left as they are and listed there."""
     changed = 0
-    for i, stored, now in shown_sources(nb):
+    for i, stored, now in shown_sources(nb, errors):
         if stored == now:
             continue
         cell = nb["cells"][i]
@@ -144,13 +152,13 @@ def main(argv: list[str]) -> int:
             print(f"booktools: {name!r} is not a notebook file (.ipynb)", file=sys.stderr)
             return 2
         nb = nbformat.read(path, as_version=4)
-        bars = tidy_streams(nb)
-        try:
-            shown = refresh_shown(nb)
-        except Exception as err:  # a show() call that no longer evaluates: say which, keep the tidied streams
-            shown, status = f"NOT ({type(err).__name__}: {err})", 1
+        errors: list = []
+        bars, shown = tidy_streams(nb), refresh_shown(nb, errors)
         nbformat.write(nbformat.from_dict(nb), path)
         print(f"{name}: {bars} cells' streams tidied, {shown} show outputs refreshed")
+        for i, err in errors:  # a show() call that no longer evaluates: its cell is left as it was
+            print(f"{name}: cell {i}: show() failed, output not refreshed: {type(err).__name__}: {err}", file=sys.stderr)
+            status = 1
     return status
 
 

@@ -150,3 +150,16 @@ def test_chapters_cut_source_by_marker_not_by_line_numbers(chapter):
         if cell.cell_type == "code":
             assert not re.search(r"inspect\.getsource|\bshow\([^)]*\blines=", cell.source), \
                 f"{chapter.name} cell {index}: use ppo_edu.show(f, excerpt=...) rather than line numbers"
+
+
+def test_booktools_command_refreshes_what_it_can_and_names_what_failed(tmp_path, capsys):
+    from ppo_edu.booktools import main
+
+    nb = nbformat.read(BOOK / "03_gae.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("ppo_edu.show(ppo_edu.no_such_function)"))
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert main([str(path)]) == 1
+    assert f"cell {len(nb.cells) - 1}: show() failed" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.ipynb")]) == 2
+    assert "is not a notebook file" in capsys.readouterr().err
