@@ -163,3 +163,14 @@ def test_booktools_command_refreshes_what_it_can_and_names_what_failed(tmp_path,
     assert f"cell {len(nb.cells) - 1}: show() failed" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.ipynb")]) == 2
     assert "is not a notebook file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_every_figure_cell_stored_its_figure(chapter):
+    """A chapter executed with a non-interactive matplotlib backend (MPLBACKEND=Agg) stores no figures."""
+    nb = nbformat.read(chapter, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        executed = cell.cell_type == "code" and cell.execution_count is not None
+        if executed and "plt.show()" in cell.source and not cell.source.startswith("if "):
+            assert any("image/png" in o.get("data", {}) for o in cell.outputs), \
+                f"{chapter.name} cell {index} shows a figure but stored none (executed with MPLBACKEND=Agg?)"
