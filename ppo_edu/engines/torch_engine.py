@@ -9,6 +9,8 @@ NumPy engine (:mod:`ppo_edu.engines.numpy_engine`) computes the same step by han
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..losses import clipped_surrogate_loss, entropy_bonus, value_loss
@@ -54,7 +56,7 @@ class TorchEngine(Engine):
         return info
 
     def state_dict(self) -> dict:
-        return {"torch": self.optimizer.state_dict()}
+        return {"torch": copy.deepcopy(self.optimizer.state_dict())}  # a snapshot, as the NumPy engine's
 
     def load_state_dict(self, state: dict) -> None:
         if "torch" not in state:
