@@ -69,18 +69,7 @@ def report(results: dict, threshold: float, budget: int, peer: str = "SB3") -> N
         print(f"ratio {peer} / ppo_edu, median training time for the whole {budget}-step budget: {fb / fa:.2f}x")
 
 
-def raw_env_throughput(env_id: str, n_envs: int, steps: int = 20_000) -> float:
-    """Environment steps per second of the vectorised env alone, random actions: the ceiling."""
-    from ppo_edu.rollout import make_vec_env
-
-    env = make_vec_env(env_id, n_envs)
-    env.reset(seed=0)
-    env.action_space.seed(0)
-    actions = [env.action_space.sample() for _ in range(64)]
-    t0 = time.perf_counter()
-    for i in range(steps // n_envs):
-        env.step(actions[i % 64])
-    return steps / (time.perf_counter() - t0)
+from ppo_edu.throughput import raw_env_throughput  # noqa: E402  (the ceiling: the vector env alone)
 
 
 def run_ppo_edu(env_id, seed, budget, every, n_eval):

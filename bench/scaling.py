@@ -16,20 +16,13 @@ import tempfile
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(__file__))
-from common import raw_env_throughput  # noqa: E402
+from ppo_edu.throughput import ppo_throughput, raw_env_throughput  # noqa: E402
 
 ENV = "CartPole-v1"
 
 
 def one_process(steps: int) -> float:
-    from ppo_edu import PPO, preset
-
-    agent = PPO(ENV, preset(ENV)[0], seed=0)
-    agent.learn(1024)  # warm-up (imports, first allocations)
-    t0 = time.perf_counter()
-    agent.learn(steps)
-    return steps / (time.perf_counter() - t0)
+    return ppo_throughput(ENV, steps)
 
 
 def worker(steps: int, out: str) -> None:

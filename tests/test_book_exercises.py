@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ppo_edu.coursework import assign, exercises, exercises_only, grade_one, student_version
+from ppo_edu.coursework import assign, exercises, exercises_only, grade, student_version
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 GRADED = sorted(p for p in BOOK.glob("[0-9][0-9]_*.ipynb") if exercises(nbformat.read(p, as_version=4)))
@@ -32,13 +32,17 @@ def test_reference_solutions_pasted_into_the_student_version_pass(chapter, tmp_p
     for cell in student.cells:
         if _meta(cell).get("solution"):
             cell.source = solutions[_meta(cell)["grade_id"]]  # the student pastes the reference in
-    path = tmp_path / chapter.name
-    nbformat.write(student, path)
-    rows = grade_one(teacher, path, timeout=120)
-    assert rows and all(r.passed for r in rows), [r.message for r in rows if not r.passed]
-    unsolved = tmp_path / "unsolved.ipynb"
-    nbformat.write(student_version(teacher), unsolved)
-    assert not any(r.passed for r in grade_one(teacher, unsolved, timeout=120))
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    nbformat.write(student, subs / "solved.ipynb")
+    nbformat.write(student_version(teacher), subs / "unsolved.ipynb")
+    assignment = tmp_path / chapter.name
+    nbformat.write(teacher, assignment)
+    rows = grade(subs, assignment, tmp_path / "out" / "grades.csv", timeout=120, progress=False, log=lambda *a: None)
+    by_student = {s: [r for r in rows if r.student == s] for s in ("solved", "unsolved")}
+    assert by_student["solved"] and all(r.passed for r in by_student["solved"]), \
+        [r.message for r in by_student["solved"] if not r.passed]
+    assert by_student["unsolved"] and not any(r.passed for r in by_student["unsolved"])
 
 
 def test_assigned_chapter_5_runs_up_to_its_first_exercise(tmp_path):

@@ -66,6 +66,7 @@ except Exception:
     return {
         "ada": _solutions(),                                           # the reference solution, pasted
         "bea": CORRECT_VECTOR_STYLE,                                   # correct, written differently
+        "cara": CORRECT_VECTOR_STYLE.replace(".to(values.dtype)", ".float()"),  # float32 masks, as most PPO code
         "reexport": "from ppo_edu.gae import compute_gae as my_compute_gae",
         "wrapper": "import ppo_edu.gae as g\n\ndef my_compute_gae(*args):\n    return g.compute_gae(*args)",
         "untraced": ("import sys, threading\nsys.setprofile = threading.setprofile = lambda *a: None\n"
@@ -155,7 +156,7 @@ def test_every_file_gets_exactly_one_row(batch):
 @needs_sandbox
 def test_correct_answers_written_differently_pass(batch):
     _, _, rows, _ = batch
-    for name in ("ada", "bea", "module", "vandal", "daemon"):
+    for name in ("ada", "bea", "cara", "module", "vandal", "daemon"):
         assert rows[name].passed and rows[name].points == 3.0, (name, rows[name].message)
 
 

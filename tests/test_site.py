@@ -118,10 +118,31 @@ def test_chapter_maths_is_typeset_in_chromium(site, name):
     _, maths = _notebook_facts(name)
     if maths:
         assert dom.count("<mjx-container") > 0, f"{name}: MathJax did not typeset any maths"
+    errors = re.findall(r'<mjx-merror[^>]*data-mjx-error="([^"]*)"', dom) or re.findall(r"<mjx-merror", dom)
+    assert not errors, f"{name}: MathJax could not typeset {len(errors)} formulas: {errors[:3]}"
     parser = _Text()
     parser.feed(dom)
     text = "".join(parser.text)
-    assert "$$" not in text and "\\begin{" not in text, f"{name}: raw TeX left on the page"
+    raw = re.findall(r"\$\$|\\(?:begin|end|tag|frac|mathbb|operatorname|hat|big|Big)\b|\\[\(\[]", text)
+    assert not raw, f"{name}: raw TeX left on the page: {sorted(set(raw))}"
+
+
+_CLIPPED = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const clipped = [...document.querySelectorAll("pre")].filter(p => p.scrollWidth > p.clientWidth + 1
+      && (p.closest(".cell_output") || !["auto", "scroll"].includes(getComputedStyle(p).overflowX)));
+  document.body.setAttribute("data-clipped-pre", String(clipped.length));
+}, 0));</script></body>"""
+
+
+@pytest.mark.parametrize("name", ["05_ppo", "10_rlhf_ppo", "12_throughput"])
+def test_long_code_lines_wrap_or_scroll(site, name):
+    """No code is cut off at the right edge: outputs wrap, source cells wrap or scroll sideways."""
+    probe = site / f"_probe_{name}.html"
+    probe.write_text((site / f"{name}.html").read_text().replace("</body>", _CLIPPED, 1))
+    dom = _chromium("--virtual-time-budget=15000", "--window-size=1024,1400", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'data-clipped-pre="(\d+)"', dom)
+    assert found, "the probe script did not run"
+    assert found.group(1) == "0", f"{name}: {found.group(1)} code blocks are cut off at the right edge"
 
 
 def test_screenshot_of_chapter_5(site):
