@@ -38,9 +38,9 @@ def test_show_accepts_a_bound_method():
 
 
 def test_excerpt_by_marker_keeps_the_block_it_opens_dedented():
-    text = source_text(PPO.learn, excerpt="for update in")
+    text = source_text(PPO.learn, excerpt="for _ in range(n_updates)")
     body = text.splitlines()[1:]
-    assert body[0].startswith("for update in range(")
+    assert body[0].startswith("for _ in range(n_updates)")
     assert all(line.startswith(" ") or not line for line in body[1:])  # only the loop's body follows
     assert "return self" not in text
 
