@@ -2,10 +2,11 @@
 
 Why it exists (Chapter 12 measures it): a PPO minibatch on CartPole is 256 x 4 numbers
 through two 64-64 MLPs. At that size PyTorch's per-operation overhead (autograd graph,
-dispatch, optimiser bookkeeping) costs several times the arithmetic, so ``PPO`` runs the
-update here by default (``PPOConfig.backend="numpy"``) and keeps ``backend="torch"`` as the
-readable reference built on :mod:`ppo_edu.losses`. Tests check that one update with either
-backend gives the same parameters.
+dispatch, optimiser bookkeeping) costs several times the arithmetic, so ``PPO``'s default
+engine (:class:`ppo_edu.engines.NumpyEngine`, ``PPOConfig.backend="numpy"``) runs the update
+with this module, and :class:`ppo_edu.engines.TorchEngine` (``backend="torch"``) is the readable
+reference built on :mod:`ppo_edu.losses`. Both engines act with :class:`NumpyActorCritic`. Tests
+check that one update with either engine gives the same parameters.
 
 Everything works on *views*: the NumPy arrays share memory with the ``torch`` parameters
 of :class:`~ppo_edu.networks.ActorCritic`, which :class:`FlatParams` packs into one buffer,

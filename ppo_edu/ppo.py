@@ -19,9 +19,8 @@ import torch
 
 from . import checkpoint, distributed
 from . import config as C
-from .fastmlp import Adam, FlatParams, NumpyActorCritic
+from .engines import Engine, make_engine
 from .gae import compute_gae
-from .losses import clipped_surrogate_loss, entropy_bonus, value_loss
 from .networks import ActorCritic
 from .normalization import RewardScaler, RunningMeanStd
 from .progress import progress as _progress
@@ -160,7 +159,7 @@ class PPO:
         self.model = ActorCritic(env.single_observation_space, env.single_action_space, config.hidden,
                                  config.shared_network, config.orthogonal_init, config.log_std_init)
         self._build_engine()
-        distributed.broadcast_(self.flat.data)
+        distributed.broadcast_(self.engine.flat.data)
         # each rank samples with its own stream; rank 0 of 1 is the plain seed
         self.rng = np.random.default_rng(self.seed if not self.dist.enabled else [self.seed, self.dist.rank])
         obs_dim = self.model.obs_dim
@@ -171,13 +170,26 @@ class PPO:
 
     # ------------------------------------------------------------------ set-up
     def _build_engine(self) -> None:
-        cfg = self.config
-        self.flat = FlatParams(self.model)
-        self.fast = NumpyActorCritic(self.model, self.flat)
-        if cfg.backend == "numpy":
-            self.optimizer = Adam(self.flat.data, cfg.lr, eps=cfg.adam_eps)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), cfg.lr, eps=cfg.adam_eps)
+        """The update engine ``config.backend`` names (:mod:`ppo_edu.engines`); it acts, computes
+        the loss and its gradient, averages gradients over ranks, steps the optimiser and holds
+        the optimiser's state. ``PPO`` talks to it only through the :class:`~ppo_edu.engines.Engine`
+        interface."""
+        self.engine: Engine = make_engine(self.model, self.config)
+
+    @property
+    def flat(self):
+        """The engine's flat parameters: ``flat.data`` and ``flat.grad``, one vector each."""
+        return self.engine.flat
+
+    @property
+    def fast(self):
+        """The NumPy forward pass both engines act with (``fast.act``, ``fast.value``)."""
+        return self.engine.fast
+
+    @property
+    def optimizer(self):
+        """The engine's optimiser (:class:`ppo_edu.fastmlp.Adam` or ``torch.optim.Adam``)."""
+        return self.engine.optimizer
 
     def _make_collector(self) -> RolloutCollector:
         space = self.env.single_action_space
@@ -191,7 +203,7 @@ class PPO:
                                 action_low=low, action_high=high)
 
     def _act(self, obs: np.ndarray):
-        return self.fast.act(obs, self.rng, with_value=False)  # V is batched after the rollout
+        return self.engine.act(obs, self.rng, with_value=False)  # V is batched after the rollout
 
     # ------------------------------------------------------------------ training
     def learn(self, total_timesteps: int, callback: Callable | None = None, progress_bar: bool = False,
@@ -230,7 +242,7 @@ class PPO:
             lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
             clip_eps = cfg.clip_eps * frac if cfg.anneal_clip else cfg.clip_eps
             # -- phase 1: collect a rollout with the current policy
-            self._collector.collect(buf, self._act, self.fast.value)
+            self._collector.collect(buf, self._act, self.engine.value)
             self._check_env_outputs(buf)
             self.num_timesteps += cfg.batch_size * world
             # -- phase 2: advantages and returns (Chapter 3)
@@ -307,42 +319,13 @@ class PPO:
         return float(t[0])
 
     def _step(self, obs, actions, logp_old, adv, returns, old_values, *, lr, clip_eps) -> dict:
-        """One gradient step on one minibatch; returns its diagnostics."""
-        cfg = self.config
-        vf_clip = cfg.vf_clip
-        if cfg.backend == "numpy":
-            self.flat.grad.fill(0.0)
-            info = self.fast.loss_and_grad(obs, actions, logp_old, adv, returns, old_values,
-                                           clip_eps=clip_eps, vf_clip=vf_clip, ent_coef=cfg.ent_coef,
-                                           vf_coef=cfg.vf_coef)
-            self._check_finite(info)
-            distributed.average_(self.flat.grad)  # data-parallel: mean gradient over ranks
-            info["grad_norm"] = float(np.sqrt(np.dot(self.flat.grad, self.flat.grad)))
-            if cfg.max_grad_norm is not None:
-                self.flat.grad *= min(1.0, cfg.max_grad_norm / (info["grad_norm"] + 1e-6))
-            self.optimizer.lr = lr
-            self.optimizer.step(self.flat.grad)
-            return info
-        # -- the autograd reference: the same loss, written with ppo_edu.losses
-        t = lambda x: torch.as_tensor(x)  # noqa: E731
-        logp, entropy, values = self.model.evaluate(t(obs), t(actions))
-        pg_loss, info = clipped_surrogate_loss(logp, t(logp_old), t(adv), clip_eps)
-        v_loss = value_loss(values, t(returns), t(old_values), vf_clip) if vf_clip else value_loss(values, t(returns))
-        ent = entropy_bonus(entropy)
-        loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
-        info = {k: float(v) for k, v in info.items()}
-        info.update(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item())
-        self._check_finite(info)
-        self.optimizer.zero_grad(set_to_none=False)
-        self.flat.grad.fill(0.0)
-        loss.backward()
-        distributed.average_(self.flat.grad)  # p.grad are views of flat.grad
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
-        info["grad_norm"] = float(norm)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        self.optimizer.step()
-        return info
+        """One gradient step on one minibatch, by the engine (``engine.update_minibatch``); returns
+        its diagnostics. A non-finite loss stops training before the step, naming the update."""
+        try:
+            return self.engine.update_minibatch(obs, actions, logp_old, adv, returns, old_values,
+                                                lr=lr, clip_eps=clip_eps)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"update {self.n_updates + 1}: {err}") from None
 
     def _check_env_outputs(self, buf: RolloutBuffer) -> None:
         """A NaN or inf from the environment is the environment's fault, not the learning rate's:
@@ -360,12 +343,6 @@ class PPO:
         if not reward_ok:
             raise FloatingPointError(f"{where}: the environment {name!r} returned a non-finite reward "
                                      "(NaN or inf); fix the environment's reward")
-
-    def _check_finite(self, info: dict) -> None:
-        for k in ("policy_loss", "value_loss", "entropy"):
-            if not math.isfinite(info[k]):
-                raise FloatingPointError(f"update {self.n_updates + 1}: {k} is {info[k]} (not finite); "
-                                         "try a lower lr, norm_obs=True or norm_reward=True")
 
     def _metrics_row(self, buf, returns, stats, lr, clip_eps, wall) -> dict:
         valid = buf.valid
@@ -401,7 +378,7 @@ class PPO:
         batch = obs[None] if single else obs
         if self.obs_rms is not None:
             batch = self.obs_rms.normalize(batch)
-        actions, _, _ = self.fast.act(batch, self.rng, deterministic=deterministic)
+        actions, _, _ = self.engine.act(batch, self.rng, deterministic=deterministic)
         if not self.model.discrete:
             space = self.env.single_action_space
             actions = np.clip(actions, space.low, space.high)
@@ -478,17 +455,11 @@ class PPO:
             "obs_rms": None if self.obs_rms is None else {
                 "mean": torch.as_tensor(self.obs_rms.mean), "var": torch.as_tensor(self.obs_rms.var),
                 "count": self.obs_rms.count},
-            "optimizer": self._optimizer_state(),
+            "optimizer": self.engine.state_dict(),
             "resume": self._resume_state(),
             "history": list(self.history),
         }
         checkpoint.atomic_save(state, path)
-
-    def _optimizer_state(self) -> dict:
-        if isinstance(self.optimizer, Adam):
-            return {"m": torch.from_numpy(self.optimizer.m.copy()),
-                    "v": torch.from_numpy(self.optimizer.v.copy()), "t": self.optimizer.t}
-        return {"torch": self.optimizer.state_dict()}
 
     def _resume_state(self) -> dict:
         """Random streams and, once training has started, the collector: the environments' state,
@@ -541,10 +512,13 @@ class PPO:
             agent.model.load_state_dict(state["model"])
         except (RuntimeError, TypeError, AttributeError) as err:
             raise bad(f"does not match the network: {err}") from None
-        if not np.isfinite(agent.flat.data).all():
+        if not np.isfinite(agent.engine.flat.data).all():
             raise bad("its weights contain NaN or inf (the run that wrote it diverged)")
         agent._load_statistics(state, bad)
-        agent._load_optimizer(state.get("optimizer") or {}, bad)
+        try:
+            agent.engine.load_state_dict(state.get("optimizer") or {})
+        except ValueError as err:
+            raise bad(str(err)) from None
         try:
             agent.num_timesteps, agent.n_updates = int(state["num_timesteps"]), int(state.get("n_updates", 0))
         except (TypeError, ValueError):
@@ -576,24 +550,6 @@ class PPO:
                 raise bad(f"observation statistics obs_rms.{k} contain NaN, inf or negative variances")
         self.obs_rms = RunningMeanStd((dim,))
         self.obs_rms.load_state_dict(rms)
-
-    def _load_optimizer(self, opt: dict, bad) -> None:
-        if isinstance(self.optimizer, Adam) and "m" in opt:
-            n = self.flat.data.shape
-            for k in ("m", "v"):
-                if tuple(opt[k].shape) != n:
-                    raise bad(f"optimiser state {k} has shape {tuple(opt[k].shape)}, but the network has {n[0]} "
-                              "parameters")
-            self.optimizer.m[:], self.optimizer.v[:], self.optimizer.t = opt["m"].numpy(), opt["v"].numpy(), opt["t"]
-        elif "torch" in opt and not isinstance(self.optimizer, Adam):
-            try:
-                self.optimizer.load_state_dict(opt["torch"])
-            except (ValueError, KeyError, RuntimeError) as err:
-                raise bad(f"optimiser state does not match the network: {err}") from None
-            shapes = [(tuple(self.optimizer.state[p]["exp_avg"].shape), tuple(p.shape))
-                      for p in self.model.parameters() if p in self.optimizer.state]
-            if any(a != b for a, b in shapes):
-                raise bad("optimiser state has moments of the wrong shape for the network")
 
 
 def set_threads(n: int) -> None:
