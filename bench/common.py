@@ -100,15 +100,21 @@ def run_ppo_edu(env_id, config, seed, budget, every, n_eval):
             "n_envs": config.n_envs}
 
 
-def run_sb3(env_id, seed, budget, every, n_eval, n_envs, **ppo_kwargs):
-    """Train Stable-Baselines3's PPO with the given hyperparameters, evaluating on the side."""
+def run_sb3(env_id, seed, budget, every, n_eval, n_envs, normalize=False, **ppo_kwargs):
+    """Train Stable-Baselines3's PPO with the given hyperparameters, evaluating on the side.
+    ``normalize=True`` wraps the envs in VecNormalize (observations and rewards), as the Zoo does."""
     from stable_baselines3 import PPO as SB3PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize:
+        env = VecNormalize(env, gamma=ppo_kwargs.get("gamma", 0.99))
     model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", **ppo_kwargs)
-    clock = EvalClock(lambda o: model.predict(o, deterministic=True)[0], env_id, every, n_eval, 1000 * seed)
+    scale = env.normalize_obs if normalize else (lambda o: o)
+    clock = EvalClock(lambda o: model.predict(scale(o), deterministic=True)[0], env_id, every, n_eval,
+                      1000 * seed)
 
     class Every(BaseCallback):
         def _on_rollout_end(self) -> None:
@@ -155,6 +161,8 @@ def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_epi
                                                 args.eval_episodes)}
     if RL_ZOO[env_id][0] == PRESETS[env_id][0]:
         del runners["ppo_edu-Zoo"]  # the default preset is the Zoo's: one run says both
+        print(f"ppo_edu's default preset for {env_id} is the RL-Zoo one: its ratio is both the engine and "
+              "the headline ratio")
     runners = {k: v for k, v in runners.items() if not args.only or k in args.only}
     results = {lib: [] for lib in runners}
     for seed in range(args.seeds):
