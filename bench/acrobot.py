@@ -1,11 +1,13 @@
-"""ppo_edu vs Stable-Baselines3 PPO on Acrobot-v1, both with the RL-Zoo settings.
+"""ppo_edu vs Stable-Baselines3 PPO on Acrobot-v1: the engines at equal (RL-Zoo) settings, and
+ppo_edu's default preset against SB3 with the Zoo's.
 
-16 envs x 256 steps, 4 epochs of minibatches of 64, gamma 0.99, lambda 0.94, constant lr 3e-4,
-clip 0.2, observations and rewards normalised with running statistics (SB3: VecNormalize),
-64-64 tanh MLPs. ppo_edu's default preset is the Zoo's here, so one ppo_edu run gives both the
-engine ratio and the headline ratio. One thread each; runs alternate seed by seed. Every 10k env
-steps each agent is evaluated greedily on 20 fresh episodes, outside the training clock.
-"Solved" = the evaluation mean reaches -100 and stays there up to the budget.
+SB3-Zoo and ppo_edu-Zoo (ppo_edu.ppo.RL_ZOO["Acrobot-v1"]): 16 envs x 256 steps, 4 epochs of
+minibatches of 64, gamma 0.99, lambda 0.94, constant lr 3e-4, clip 0.2, observations and rewards
+normalised with running statistics (SB3: VecNormalize), 64-64 tanh MLPs. ppo_edu: the default
+preset, PRESETS["Acrobot-v1"] (16 envs x 64 steps, 4 epochs of 4 minibatches of 256, lr 1e-3).
+One thread each; runs alternate seed by seed. Every 10k env steps each agent is evaluated
+greedily on 20 fresh episodes, outside the training clock. "Solved" = the evaluation mean reaches
+-100 and stays there up to the budget.
 
     python bench/acrobot.py [--seeds 5] [--budget 200000]
 """
