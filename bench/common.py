@@ -50,47 +50,60 @@ def solved_at(points, threshold):
     return None
 
 
-def report(results: dict, threshold: float, budget: int, peer: str = "SB3") -> None:
-    """Print solve rate, median time and steps to solve, and the ratio peer / ppo_edu."""
-    print(f"\n{'library':10s} {'solved':>8s} {'median s to solve':>18s} {'median steps to solve':>22s} "
+def _medians(runs, threshold):
+    """(solved count, median seconds to solve, median steps to solve, median train seconds, whole budget)."""
+    ok = [h for h in (solved_at(r["points"], threshold) for r in runs) if h is not None]
+    t = statistics.median(h[1] for h in ok) if ok else float("nan")
+    s = statistics.median(h[0] for h in ok) if ok else float("nan")
+    return len(ok), t, s, statistics.median(r["train_seconds"] for r in runs)
+
+
+def report(results: dict, threshold: float, budget: int, peer: str = "SB3-Zoo") -> None:
+    """Print solve rate, median time and steps to solve, and the ratios peer / each ppo_edu run."""
+    print(f"\n{'run':13s} {'solved':>8s} {'median s to solve':>18s} {'median steps to solve':>22s} "
           f"{'median train s (full budget)':>29s}")
-    med_time = {}
+    med = {}
     for lib, runs in results.items():
-        hits = [solved_at(r["points"], threshold) for r in runs]
-        ok = [h for h in hits if h is not None]
-        t = statistics.median(h[1] for h in ok) if ok else float("nan")
-        s = statistics.median(h[0] for h in ok) if ok else float("nan")
-        full = statistics.median(r["train_seconds"] for r in runs)
-        med_time[lib] = (t, full)
-        print(f"{lib:10s} {len(ok):>4d}/{len(runs):<3d} {t:>18.2f} {s:>22.0f} {full:>29.2f}")
-    if "ppo_edu" in med_time and peer in med_time:
-        (a, fa), (b, fb) = med_time["ppo_edu"], med_time[peer]
-        print(f"\nratio {peer} / ppo_edu, median wall time to solve: {b / a:.2f}x")
-        print(f"ratio {peer} / ppo_edu, median training time for the whole {budget}-step budget: {fb / fa:.2f}x")
+        n_ok, t, s, full = med[lib] = _medians(runs, threshold)
+        print(f"{lib:13s} {n_ok:>4d}/{len(runs):<3d} {t:>18.2f} {s:>22.0f} {full:>29.2f}")
+    if peer not in med:
+        return
+    for lib, what in (("ppo_edu-Zoo", "engine ratio, equal settings"), ("ppo_edu", "headline, default preset")):
+        if lib in med:
+            (_, a, _, fa), (_, b, _, fb) = med[lib], med[peer]
+            print(f"\nratio {peer} / {lib} ({what}), median wall time to solve: {b / a:.2f}x")
+            print(f"ratio {peer} / {lib}, median training time for the whole {budget}-step budget: {fb / fa:.2f}x")
 
 
 from ppo_edu.throughput import raw_env_throughput  # noqa: E402  (the ceiling: the vector env alone)
 
 
-def run_ppo_edu(env_id, seed, budget, every, n_eval):
-    """Train ppo_edu with the env's preset, evaluating on the side."""
-    from ppo_edu import PPO, preset
+def run_ppo_edu(env_id, config, seed, budget, every, n_eval):
+    """Train ppo_edu with ``config``, evaluating on the side."""
+    from ppo_edu import PPO
 
-    agent = PPO(env_id, preset(env_id)[0], seed=seed)
+    agent = PPO(env_id, config, seed=seed)
     clock = EvalClock(lambda o: agent.predict(o)[0], env_id, every, n_eval, 1000 * seed)
     agent.learn(budget, callback=lambda a, row: clock.maybe_eval(a.num_timesteps))
-    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time}
+    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time,
+            "n_envs": config.n_envs}
 
 
-def run_sb3(env_id, seed, budget, every, n_eval, n_envs, **ppo_kwargs):
-    """Train Stable-Baselines3's PPO with the given hyperparameters, evaluating on the side."""
+def run_sb3(env_id, seed, budget, every, n_eval, n_envs, normalize=False, **ppo_kwargs):
+    """Train Stable-Baselines3's PPO with the given hyperparameters, evaluating on the side.
+    ``normalize=True`` wraps the envs in VecNormalize (observations and rewards), as the Zoo does."""
     from stable_baselines3 import PPO as SB3PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize:
+        env = VecNormalize(env, gamma=ppo_kwargs.get("gamma", 0.99))
     model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", **ppo_kwargs)
-    clock = EvalClock(lambda o: model.predict(o, deterministic=True)[0], env_id, every, n_eval, 1000 * seed)
+    scale = env.normalize_obs if normalize else (lambda o: o)
+    clock = EvalClock(lambda o: model.predict(scale(o), deterministic=True)[0], env_id, every, n_eval,
+                      1000 * seed)
 
     class Every(BaseCallback):
         def _on_rollout_end(self) -> None:
@@ -101,7 +114,8 @@ def run_sb3(env_id, seed, budget, every, n_eval, n_envs, **ppo_kwargs):
 
     clock.start = time.perf_counter()
     model.learn(budget, callback=Every())
-    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time}
+    return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time,
+            "n_envs": n_envs}
 
 
 def linear(v):
@@ -110,34 +124,53 @@ def linear(v):
 
 
 def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_episodes=20):
+    """Three runs per seed, alternating: SB3 with the RL-Zoo settings ("SB3-Zoo"), ppo_edu with
+    the same settings (``RL_ZOO[env_id]``, "ppo_edu-Zoo": the engine ratio) and ppo_edu with its
+    default preset (``PRESETS[env_id]``, "ppo_edu": the headline ratio)."""
     import argparse
 
     import torch
 
+    from ppo_edu.ppo import PRESETS, RL_ZOO
+
+    runs = ("SB3-Zoo", "ppo_edu-Zoo", "ppo_edu")
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--budget", type=int, default=budget)
     p.add_argument("--every", type=int, default=every)
     p.add_argument("--eval-episodes", type=int, default=eval_episodes)
-    p.add_argument("--only", choices=["ppo_edu", "SB3"], default=None, help="run one library only")
+    p.add_argument("--only", choices=runs, nargs="+", default=None, help="run some of the three only")
     args = p.parse_args()
     torch.set_num_threads(1)
-    runners = {"ppo_edu": lambda s: run_ppo_edu(env_id, s, args.budget, args.every, args.eval_episodes),
-               "SB3": lambda s: run_sb3(env_id, s, args.budget, args.every, args.eval_episodes,
-                                        sb3_n_envs, **sb3_kwargs)}
-    if args.only:
-        runners = {args.only: runners[args.only]}
+    runners = {"SB3-Zoo": lambda s: run_sb3(env_id, s, args.budget, args.every, args.eval_episodes,
+                                            sb3_n_envs, **sb3_kwargs),
+               "ppo_edu-Zoo": lambda s: run_ppo_edu(env_id, RL_ZOO[env_id][0], s, args.budget, args.every,
+                                                    args.eval_episodes),
+               "ppo_edu": lambda s: run_ppo_edu(env_id, PRESETS[env_id][0], s, args.budget, args.every,
+                                                args.eval_episodes)}
+    if RL_ZOO[env_id][0] == PRESETS[env_id][0]:
+        del runners["ppo_edu-Zoo"]  # the default preset is the Zoo's: one run says both
+        print(f"ppo_edu's default preset for {env_id} is the RL-Zoo one: its ratio is both the engine and "
+              "the headline ratio")
+    runners = {k: v for k, v in runners.items() if not args.only or k in args.only}
     results = {lib: [] for lib in runners}
     for seed in range(args.seeds):
-        for lib, fn in runners.items():  # alternate, so drift in machine load hits both
+        for lib, fn in runners.items():  # alternate, so drift in machine load hits all alike
             r = fn(seed)
             results[lib].append(r)
             evals = " ".join(f"{m:.0f}" for _, _, m in r["points"])
-            print(f"seed {seed} {lib:8s} train {r['train_seconds']:6.2f} s | evals every {args.every}: {evals}",
+            print(f"seed {seed} {lib:11s} train {r['train_seconds']:6.2f} s | evals every {args.every}: {evals}",
                   flush=True)
     report(results, threshold, args.budget)
-    raw = raw_env_throughput(env_id, sb3_n_envs)
+    print_throughput(env_id, results, args.budget)
+
+
+def print_throughput(env_id, results, budget):
+    """Env steps/s while training (median over seeds) against the vectorised env alone, same n_envs."""
+    raw = {}
     for lib, runs in results.items():
-        sps = np.median([args.budget / r["train_seconds"] for r in runs])
-        print(f"{lib}: {sps:,.0f} env steps/s while training = {sps / raw:.1%} of the vectorised env alone "
-              f"({raw:,.0f} steps/s, {sb3_n_envs} envs, random actions)")
+        n = runs[0]["n_envs"]
+        raw[n] = raw.get(n) or raw_env_throughput(env_id, n)
+        sps = np.median([budget / r["train_seconds"] for r in runs])
+        print(f"{lib}: {sps:,.0f} env steps/s while training; the vectorised env alone: {raw[n]:,.0f} "
+              f"steps/s ({n} envs, random actions), {raw[n] / sps:.1f}x faster")

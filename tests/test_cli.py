@@ -16,7 +16,7 @@ from ppo_edu import PPO
 from ppo_edu.cli import build_parser, main, train
 from ppo_edu.runfolder import RunLock
 
-FAST = ["--n-epochs", "2", "--eval-episodes", "2", "--no-progress"]  # CartPole preset, 256 steps per update
+FAST = ["--n-envs", "8", "--n-epochs", "2", "--eval-episodes", "2", "--no-progress"]  # 8 x 32 = 256 steps per update
 
 
 def _run(tmp_path, *extra, out="run"):
@@ -79,7 +79,7 @@ def test_booleans_are_flag_pairs(tmp_path):
 def test_a_value_far_outside_every_preset_is_warned_about(tmp_path, capsys):
     assert _run(tmp_path, "--lr", "1e10") == 0
     err = capsys.readouterr().err
-    assert "warning: --lr 1e+10 is far outside every preset (0.00025 to 0.001)" in err
+    assert "warning: --lr 1e+10 is far outside every preset (0.00025 to 0.0025)" in err
 
 
 @pytest.mark.parametrize("argv,words", [
