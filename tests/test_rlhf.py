@@ -206,7 +206,7 @@ def test_label_pairs_prefers_higher_gold_with_a_margin():
 
 
 def test_reward_model_is_normalised_on_reference_samples(assets):
-    s = pipeline._samples(assets.policy, assets.tok, assets.prompts, 256, 12, 99, "cpu")
+    s = pipeline.draw_samples(assets.policy, assets.tok, assets.prompts, 256, 12, 99, "cpu")
     r = torch.cat([reward.reward_scores(assets.reward_model, x.input_ids, x.attention_mask) for x in s])
     assert abs(r.mean().item()) < 0.3 and 0.7 < r.std().item() < 1.3
 

@@ -47,7 +47,7 @@ from .reward import (gold_scores, label_pairs, new_reward_model, normalize_rewar
 
 __all__ = ["ASSET_VERSION", "CacheError", "verify_stage",
            "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
-           "RewardModelScorer", "decode", "evaluate_policy", "run_pipeline"]
+           "RewardModelScorer", "decode", "draw_samples", "evaluate_policy", "run_pipeline"]
 
 ASSET_VERSION = 2  # 2: Gumbel-max sampling of the preference pairs; reward-model init seeded
 
@@ -213,7 +213,7 @@ def _build_lm(out: Path, size_name: str, seed: int, progress_bar: bool, device) 
     (out / "lm.json").write_text(json.dumps(info, indent=1))
 
 
-def _samples(policy, tok, prompts, n, max_new_tokens, seed, device, batch=256, prompt_seed=None):
+def draw_samples(policy, tok, prompts, n, max_new_tokens, seed, device, batch=256, prompt_seed=None):
     """n samples of ``policy``, in batches, on prompts drawn with ``prompt_seed`` (default ``seed``)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     pick = torch.randint(len(prompts), (n,), generator=torch.Generator().manual_seed(
@@ -242,7 +242,7 @@ def _build_rm(out: Path, a: Assets, seed: int, progress_bar: bool, device, max_n
     size, t0 = SIZES[a.info["size"]], time.perf_counter()
     pad = a.tok.pad_token_id
     # two samples per prompt: the same prompt draws, different sampling noise
-    halves = [_samples(a.policy, a.tok, a.prompts, size.rm_pairs, max_new_tokens, seed + k, device,
+    halves = [draw_samples(a.policy, a.tok, a.prompts, size.rm_pairs, max_new_tokens, seed + k, device,
                        prompt_seed=seed + 10) for k in (11, 12)]
     pairs_parts = []
     for sa, sb in zip(*halves):
@@ -256,7 +256,7 @@ def _build_rm(out: Path, a: Assets, seed: int, progress_bar: bool, device, max_n
     torch.manual_seed(seed)                                           # the score head's initial weights
     rm = new_reward_model(a.policy).to(device)
     losses = train_reward_model(rm, train, size.rm_epochs, size.rm_lr, seed=seed, progress_bar=progress_bar)
-    ref = _samples(a.policy, a.tok, a.prompts, 512, max_new_tokens, seed + 13, device)
+    ref = draw_samples(a.policy, a.tok, a.prompts, 512, max_new_tokens, seed + 13, device)
     mean, std = normalize_reward_model(rm, _pad_cat([s.input_ids for s in ref], pad),
                                        _pad_cat([s.attention_mask for s in ref], 0))
     rm.save_pretrained(out / "reward_model")
@@ -337,7 +337,7 @@ class RewardModelScorer:
 def evaluate_policy(policy, a: Assets, n: int = 256, seed: int = 1234, max_new_tokens: int = 24, ref=None) -> dict:
     """Gold (VADER) and reward-model means of n fresh samples, and their KL to ``ref`` if given."""
     device = next(policy.parameters()).device
-    parts = _samples(policy, a.tok, a.prompts, n, max_new_tokens, seed, device)
+    parts = draw_samples(policy, a.tok, a.prompts, n, max_new_tokens, seed, device)
     texts = [t for s in parts for t in decode(a.tok, s)]
     rm = torch.cat([reward_scores(a.reward_model, s.input_ids, s.attention_mask) for s in parts]) \
         if a.reward_model is not None else None
