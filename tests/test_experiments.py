@@ -30,6 +30,6 @@ def test_a_callback_reaches_every_update():
     def mark(agent, row):
         row["marked"] = True
 
-    (history, _), = train_seeds("CartPole-v1", {"preset": {}}, [0], 512, callback=mark, n_eval=1,
+    (history, _), = train_seeds("CartPole-v1", {"preset": {}}, [0], 1024, callback=mark, n_eval=1,
                                 progress_bar=False)["preset"]
     assert len(history) == 2 and all(row["marked"] for row in history)
