@@ -264,7 +264,7 @@ class PPO:
                 buf.rewards, buf.values, buf.next_values, buf.terminated, buf.truncated)),
                 gamma=cfg.gamma, lam=cfg.lam)
             # -- phase 3: K epochs of minibatch updates (Chapter 5)
-            stats = self._update(buf, advantages.numpy(), returns.numpy(), lr, clip_eps)
+            stats = self.update(buf, advantages.numpy(), returns.numpy(), lr, clip_eps)
             # -- phase 4: log
             self.n_updates += 1
             row = self._metrics_row(buf, returns.numpy(), stats, lr, clip_eps, time.perf_counter() - start)
@@ -281,7 +281,14 @@ class PPO:
             self._tb.flush()
         return self
 
-    def _update(self, buf: RolloutBuffer, advantages, returns, lr: float, clip_eps: float) -> dict:
+    @property
+    def collector(self) -> RolloutCollector | None:
+        """The rollout collector ``learn`` uses (None before the first ``learn``): phase 1."""
+        return self._collector
+
+    def update(self, buf: RolloutBuffer, advantages, returns, lr: float, clip_eps: float) -> dict:
+        """Phase 3 of ``learn``: K epochs of minibatch steps (``engine.update_minibatch``) on one
+        rollout ``buf`` with its ``advantages`` and ``returns`` ``(T, N)``; the mean diagnostics."""
         cfg = self.config
         idx = np.flatnonzero(buf.valid.reshape(-1))  # drop NEXT_STEP reset steps
         flat = lambda x: x.reshape(len(buf.valid.reshape(-1)), *x.shape[2:])[idx]  # noqa: E731
@@ -299,7 +306,7 @@ class PPO:
                 if len(adv) == 0:
                     continue
                 if cfg.norm_adv:
-                    adv = self._whiten(adv, cache=full_batch)
+                    adv = self.whiten_advantages(adv, cache=full_batch)
                 args = (b_obs[mb], b_act[mb], b_logp[mb], adv.astype(np.float32, copy=False), b_ret[mb], b_val[mb])
                 info = self._step(*args, lr=lr, clip_eps=clip_eps)
                 for k, v in info.items():
@@ -314,7 +321,7 @@ class PPO:
         out.update(n_minibatch_steps=count, early_stop=stopped)
         return out
 
-    def _whiten(self, adv: np.ndarray, cache: bool) -> np.ndarray:
+    def whiten_advantages(self, adv: np.ndarray, cache: bool = False) -> np.ndarray:
         """Advantage normalisation with global statistics when data-parallel (equal to one big
         batch). A full batch is the same every epoch, so its statistics are computed once."""
         if cache and self._adv_stats is not None:

@@ -52,7 +52,7 @@ def main(mode, out):
     elif mode == "update":
         agent = PPO("CartPole-v1", CFG.replace(backend=sys.argv[3]), seed=0)
         buf, adv, ret = synthetic_buffer(agent, CFG.n_envs * d.world_size)
-        agent._update(*split(buf, adv, ret, d.rank, CFG.n_envs), lr=1e-3, clip_eps=0.2)
+        agent.update(*split(buf, adv, ret, d.rank, CFG.n_envs), lr=1e-3, clip_eps=0.2)
     np.save(out / f"params_rank{d.rank}.npy", agent.flat.data)
     distributed.shutdown()
 

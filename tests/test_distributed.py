@@ -38,7 +38,7 @@ def test_two_ranks_of_n_envs_equal_one_process_of_2n_envs(tmp_path, backend):
     agent = PPO("CartPole-v1", w.CFG.replace(n_envs=2 * w.CFG.n_envs, backend=backend), seed=0)
     buf, adv, ret = w.synthetic_buffer(agent, 2 * w.CFG.n_envs)
     before = agent.flat.data.copy()
-    agent._update(buf, adv, ret, lr=1e-3, clip_eps=0.2)
+    agent.update(buf, adv, ret, lr=1e-3, clip_eps=0.2)
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"params_rank{rank}.npy"), agent.flat.data, rtol=1e-5, atol=1e-6)
     assert not np.allclose(before, agent.flat.data)

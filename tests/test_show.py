@@ -125,13 +125,7 @@ def test_stored_progress_bars_are_one_line_each(chapter):
 PRIVATE = re.compile(r"\b\w+\._[a-z]\w*")  # obj._name (dunder names like __call__ are fine)
 
 
-INSTRUMENTS_INTERNALS = pytest.mark.xfail(strict=True, reason=(
-    "chapter 12 times PPO's private phases (_collector, _act, _update, _step, _whiten); it needs public "
-    "profiling hooks on PPO (issue 10's engine interface) before it can stop"))
-
-
-@pytest.mark.parametrize("chapter", [pytest.param(c, marks=INSTRUMENTS_INTERNALS) if c.stem == "12_throughput" else c
-                                     for c in CHAPTERS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_chapters_show_and_call_only_public_names(chapter):
     nb = nbformat.read(chapter, as_version=4)
     for index, cell in enumerate(nb.cells):
