@@ -53,7 +53,7 @@ def _parse_value(text: str):
 
 # bounds of the integer and number fields on the command line (the Python API checks only PPOConfig's)
 _FIELD_BOUNDS = {"n_envs": (1, 4096), "n_steps": (1, 1_000_000), "n_epochs": (1, 10_000),
-                 "n_minibatches": (1, 1_000_000), "threads": (1, os.cpu_count() or 1), "log_std_init": (-20.0, 5.0)}
+                 "n_minibatches": (1, 1_000_000), "threads": (1, os.cpu_count() or 1)}
 
 
 def _field_type(f: dataclasses.Field):

@@ -22,6 +22,7 @@ __all__ = ["require", "integers", "numbers", "optional_numbers", "choice", "divi
 POSITIVE = (lambda v: v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 UNIT_INTERVAL = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+LOG_STD = (lambda v: -20 <= v <= 5, "a number from -20 to 5 (a standard deviation from 2e-9 to 148)")
 
 
 def require(cfg, name: str, ok: bool, allowed: str) -> None:

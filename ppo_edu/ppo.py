@@ -61,11 +61,13 @@ class PPOConfig:
     threads: int = 1                #: torch intra-op threads (1 is fastest for small MLPs)
 
     def __post_init__(self):
+        C.require(self, "hidden", all(C._is_int(h) for h in self.hidden), "positive integer layer sizes")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         C.integers(self, "n_envs", "n_steps", "n_epochs", "n_minibatches", "threads")
         C.numbers(self, C.POSITIVE, "lr", "clip_eps", "adam_eps")
         C.numbers(self, C.UNIT_INTERVAL, "gamma", "lam")
         C.numbers(self, C.NON_NEGATIVE, "ent_coef", "vf_coef")
+        C.numbers(self, C.LOG_STD, "log_std_init")
         C.optional_numbers(self, C.POSITIVE, "vf_clip", "max_grad_norm", "target_kl")
         C.require(self, "hidden", bool(self.hidden) and min(self.hidden) >= 1, "one or more positive layer sizes")
         C.choice(self, "backend", ("numpy", "torch"))

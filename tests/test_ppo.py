@@ -22,6 +22,8 @@ SMALL = PPOConfig(n_envs=4, n_steps=32, n_epochs=2, n_minibatches=2)
     ("gamma", 1.5, "(0, 1]"), ("gamma", 0.0, "(0, 1]"), ("lam", -0.1, "(0, 1]"),
     ("n_envs", 0, ">= 1"), ("n_epochs", 2.5, ">= 1"), ("ent_coef", -1.0, ">= 0"),
     ("target_kl", 0.0, "None or"), ("backend", "jax", "'numpy'"), ("hidden", (), "positive"),
+    ("hidden", (1.7,), "integer layer sizes"), ("log_std_init", float("nan"), "from -20 to 5"),
+    ("log_std_init", 100.0, "from -20 to 5"),
 ])
 def test_invalid_config_names_field_value_and_range(field, value, allowed):
     with pytest.raises(ValueError) as err:
