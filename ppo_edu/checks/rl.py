@@ -237,18 +237,18 @@ def _vloss_cases():
     return [
         Case("unclipped, one value", dict(values=_t([2.5]), returns=_t([1.0])), 1),
         Case("unclipped, four values", dict(values=v, returns=r), 4),
-        Case("clipped with clip_eps=0.2 (some values moved further than 0.2)",
-             dict(values=v, returns=r, old_values=o, clip_eps=0.2), 5),
-        Case("random batch of 32, clipped with clip_eps=0.5", dict(values=_randn((32,), 8), returns=_randn((32,), 9),
-                                                                    old_values=_randn((32,), 10), clip_eps=0.5), 33),
+        Case("clipped with vf_clip=0.2 (some values moved further than 0.2)",
+             dict(values=v, returns=r, old_values=o, vf_clip=0.2), 5),
+        Case("random batch of 32, clipped with vf_clip=0.5", dict(values=_randn((32,), 8), returns=_randn((32,), 9),
+                                                                    old_values=_randn((32,), 10), vf_clip=0.5), 33),
     ]
 
 
-def _vloss_variant(values, returns, old_values=None, clip_eps=None, half=0.5, combine=torch.max, absolute=False):
+def _vloss_variant(values, returns, old_values=None, vf_clip=None, half=0.5, combine=torch.max, absolute=False):
     err = (values - returns).abs() if absolute else (values - returns) ** 2
-    if old_values is None or clip_eps is None:
+    if old_values is None or vf_clip is None:
         return half * err.mean()
-    clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
     err_c = (clipped - returns).abs() if absolute else (clipped - returns) ** 2
     return half * combine(err, err_c).mean()
 
@@ -258,15 +258,15 @@ VALUE = Spec("value_loss", value_loss, _vloss_cases, [
     Hint("min where max belongs: value clipping keeps the larger (pessimistic) of the two errors.",
          lambda **kw: _vloss_variant(**kw, combine=torch.min)),
     Hint("clip the change V - V_old to [-eps, eps] around the old value, not V itself.",
-         lambda values, returns, old_values=None, clip_eps=None: 0.5 * torch.max(
-             (values - returns) ** 2, (values.clamp(-clip_eps, clip_eps) - returns) ** 2).mean()
-         if clip_eps is not None else 0.5 * ((values - returns) ** 2).mean()),
+         lambda values, returns, old_values=None, vf_clip=None: 0.5 * torch.max(
+             (values - returns) ** 2, (values.clamp(-vf_clip, vf_clip) - returns) ** 2).mean()
+         if vf_clip is not None else 0.5 * ((values - returns) ** 2).mean()),
     Hint("squared error, not absolute error.", lambda **kw: _vloss_variant(**kw, absolute=True)),
     Hint("squared error, not absolute error.", lambda **kw: 2 * _vloss_variant(**kw, absolute=True)),
-    Hint("with old_values and clip_eps given, the loss must clip V around the old value V_old (clipping around "
+    Hint("with old_values and vf_clip given, the loss must clip V around the old value V_old (clipping around "
          "the returns changes nothing under the max): 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) "
          "- R)^2)).",
-         lambda values, returns, old_values=None, clip_eps=None: 0.5 * ((values - returns) ** 2).mean()),
+         lambda values, returns, old_values=None, vf_clip=None: 0.5 * ((values - returns) ** 2).mean()),
 ], grad_wrt=("values",))
 
 
