@@ -1,7 +1,7 @@
 """Where PPO's time goes, and what a second process buys: environment steps per second for
 the vectorised env alone (the ceiling), ppo_edu on 1 process, and ppo_edu data-parallel on
-K processes (torchrun, gloo on CPU / nccl on GPU), all with the CartPole-v1 preset
-(8 envs x 32 steps per process, 20 epochs).
+K processes (torchrun, gloo on CPU / nccl on GPU), all with the default CartPole-v1 preset
+(``ppo_edu.PRESETS["CartPole-v1"]``, its n_envs per process; the env alone with the same n_envs).
 
     python bench/scaling.py [--steps 50000] [--nproc 2]
 """
@@ -60,11 +60,14 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args.steps, args.out)
-    raw = raw_env_throughput(ENV, 8)
+    from ppo_edu import preset
+
+    n_envs = preset(ENV)[0].n_envs
+    raw = raw_env_throughput(ENV, n_envs)
     single = one_process(args.steps)
     multi = k_processes(args.steps, args.nproc)
     print(f"{'setting':42s} {'env steps/s':>12s} {'vs env alone':>13s} {'vs 1 process':>13s}")
-    print(f"{'vectorised env alone (8 envs, random)':42s} {raw:12,.0f} {1:13.1%} {'':>13s}")
+    print(f"{f'vectorised env alone ({n_envs} envs, random)':42s} {raw:12,.0f} {1:13.1%} {'':>13s}")
     print(f"{'ppo_edu, 1 process':42s} {single:12,.0f} {single / raw:13.1%} {1:13.2f}x")
     print(f"{f'ppo_edu, {args.nproc} processes (torchrun, gloo)':42s} {multi:12,.0f} {multi / raw:13.1%} "
           f"{multi / single:13.2f}x")

@@ -23,12 +23,13 @@ def raw_env_throughput(env_id: str, n_envs: int, steps: int = 20_000) -> float:
     return rate
 
 
-def ppo_throughput(env_id: str, steps: int, seed: int = 0, warmup: int = 1024) -> float:
-    """Environment steps per second of ``PPO(env_id, preset).learn(steps)`` after a warm-up of
-    ``warmup`` steps (first calls import modules and allocate memory)."""
+def ppo_throughput(env_id: str, steps: int, seed: int = 0, warmup: int = 1024, config=None) -> float:
+    """Environment steps per second of ``PPO(env_id, config).learn(steps)`` after a warm-up of
+    ``warmup`` steps (first calls import modules and allocate memory); ``config`` defaults to the
+    env's preset."""
     from ppo_edu.ppo import PPO, preset
 
-    agent = PPO(env_id, preset(env_id)[0], seed=seed)
+    agent = PPO(env_id, config or preset(env_id)[0], seed=seed)
     agent.learn(warmup)
     t0 = time.perf_counter()
     agent.learn(steps)

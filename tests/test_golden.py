@@ -86,10 +86,10 @@ def rlhf_run(assets, algo: str) -> dict:
 
 # ---------------------------------------------------------------- the pinned values
 EXPECTED = {
-    'cartpole-numpy': {'weights': 'cb1bb1364123d8a0', 'stats': '8c4ae96bf18467d8'},
-    'cartpole-torch': {'weights': '8513238d2a8fbe3e', 'stats': '67284dcc95b57cdb'},
-    'pendulum-numpy': {'weights': '59eaa29bd6a9abca', 'stats': '40d33e3b0c426a7f'},
-    'pendulum-torch': {'weights': 'b703845085a4bacf', 'stats': 'e04bc65177df7c6a'},
+    'cartpole-numpy': {'weights': 'fad2004ea93bb06c', 'stats': '2c6af203d7e6b7c2'},
+    'cartpole-torch': {'weights': '4ddfe015e4c28135', 'stats': 'f45cae430cd023fc'},
+    'pendulum-numpy': {'weights': '4ab0e6523c52d07e', 'stats': '25f4de7119ab3230'},
+    'pendulum-torch': {'weights': '2c9003c3731f159c', 'stats': '4a591bb8c89b3691'},
     'rlhf-ppo': {'weights': '40df498789fa339b', 'stats': 'cc4860a24783eb62'},
     'rlhf-ppo-separate': {'weights': 'd14910d57dc67c13', 'stats': '740ca64f7a5b0531'},
     'rlhf-grpo': {'weights': '6287f887b61bc6a2', 'stats': '9ff180026f2bfd40'},
