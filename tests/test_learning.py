@@ -8,8 +8,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cartpole_default_preset_reaches_475_within_30k_steps(seed):
-    agent = PPO("CartPole-v1", seed=seed).learn(30_000)  # the default preset, PRESETS["CartPole-v1"]
+def test_cartpole_default_preset_reaches_475_within_50k_steps(seed):
+    agent = PPO("CartPole-v1", seed=seed).learn(50_000)  # the default preset, PRESETS["CartPole-v1"]
     mean, _ = agent.evaluate(20)
     assert mean >= 475, f"seed {seed}: greedy return {mean}"
 

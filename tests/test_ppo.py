@@ -238,7 +238,7 @@ def test_presets_are_valid_and_cover_the_book_envs():
     cfg = RL_ZOO["CartPole-v1"][0]  # RL-Zoo CartPole settings, kept for the engine comparison
     assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.batch_size, cfg.gamma, cfg.lam) == (8, 32, 20, 256, 0.98, 0.8)
     cfg = preset("CartPole-v1")[0]  # the default: chosen for time to solve (bench/cartpole.py)
-    assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.minibatch_size, cfg.lr) == (16, 32, 10, 128, 2.5e-3)
+    assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.minibatch_size, cfg.lr) == (16, 32, 5, 256, 5e-3)
     assert PPO("CartPole-v1").config == cfg
 
 
