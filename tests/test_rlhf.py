@@ -10,7 +10,7 @@ import torch
 from ppo_edu.rlhf import data, memory, pipeline, policy, reward
 from ppo_edu.rlhf.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss
 from ppo_edu.rlhf.ppo import (AdaptiveKLController, PPORLHF, RLHFConfig, masked_whiten, shaped_rewards,
-                              token_gae)
+                              token_gae, update_kl)
 
 torch.set_num_threads(1)
 
@@ -239,6 +239,18 @@ def test_a_few_grpo_steps_raise_the_reward(assets):
     assert last > first + 0.3, (first, last)
 
 
+def test_grpo_adaptive_kl_steers_beta_with_the_batch_kl_and_a_fixed_beta_logs_nothing_new(assets):
+    cfg = pipeline.PRESETS["micro"].grpo.replace(adaptive_kl=True, kl_coef=0.1, adaptive_kl_target=2.0, kl_horizon=100)
+    t = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts, pipeline.RewardModelScorer(assets.reward_model),
+             cfg, ref=assets.policy, seed=0)
+    first, second = t.step(), t.step()
+    assert first["kl"] == 0.0 and first["kl_coef"] == 0.1                 # pi = pi_ref at the first step
+    assert second["kl_coef"] == pytest.approx(0.1 * (1 - 0.2 * 16 / 100))  # KL 0 is far below 2: the full step down
+    fixed = GRPO(copy.deepcopy(assets.policy), assets.tok, assets.prompts,
+                 pipeline.RewardModelScorer(assets.reward_model), cfg.replace(adaptive_kl=False), ref=assets.policy)
+    assert "kl_coef" not in fixed.step() and fixed.kl_ctl.value == 0.1
+
+
 def test_grpo_with_several_minibatches_uses_the_rollout_policy_as_pi_old(assets):
     """After the first minibatch's update the policy has moved, so later minibatches need pi_old's
     log-probs from before the update: their ratios then differ from 1 and clipping can act."""
@@ -258,6 +270,32 @@ def test_grpo_with_several_minibatches_uses_the_rollout_policy_as_pi_old(assets)
     t.step()
     assert len(seen) == 4 and None not in seen
     assert seen[0] < 1e-4 and min(seen[1:]) > 1e-3     # the first sees pi_old itself, later ones a moved policy
+
+
+def test_update_kl_is_the_exact_kl_and_sees_mass_moved_onto_unsampled_tokens():
+    old = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.5, 0.25, 0.25]]))
+    new = torch.log(torch.tensor([[0.45, 0.5, 0.05], [0.5, 0.25, 0.25]]))   # state 1: mass moved to token 1
+    want = sum(p * math.log(p / q) for p, q in zip((0.45, 0.5, 0.05), (0.9, 0.05, 0.05))) / 2
+    assert update_kl(new, old).item() == pytest.approx(want, rel=1e-5)
+    assert update_kl(old, old).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_max_update_kl_ends_the_epochs_once_the_policy_moved_that_far(assets):
+    free = _ppo(assets, lr=1e-2, max_update_kl=1e9).step()
+    assert free["n_minibatch_steps"] == 4 and not free["early_stop"] and free["update_kl"] > 0
+    t = _ppo(assets, lr=1e-2, max_update_kl=1e-6)
+    seen = []
+    orig = t.minibatch_step
+    t.minibatch_step = lambda *args, **kw: seen.append(orig(*args, **kw)["update_kl"]) or {"update_kl": seen[-1]}
+    stats = t.step()
+    # the first minibatch sees pi_old itself (KL 0, below the limit), the second a moved policy: stop there
+    assert stats["n_minibatch_steps"] == 2 and stats["early_stop"]
+    assert seen[0] < 1e-6 < seen[1]
+
+
+def test_without_max_update_kl_the_statistics_are_unchanged(assets):
+    stats = _ppo(assets).step()
+    assert not {"update_kl", "n_minibatch_steps", "early_stop"} & set(stats)
 
 
 def test_ppo_is_deterministic_under_a_seed(assets):
@@ -410,6 +448,7 @@ def test_tokenizer_without_a_distinct_pad_token_is_rejected(assets):
     ("n_epochs", 1.5, "RLHFConfig.n_epochs=1.5 is invalid: allowed values are integers >= 1"),
     ("lr", "fast", "RLHFConfig.lr='fast' is invalid: allowed values are a number > 0"),
     ("critic", "both", "RLHFConfig.critic='both' is invalid: allowed values are 'shared' and 'separate'"),
+    ("max_update_kl", 0.0, "RLHFConfig.max_update_kl=0.0 is invalid: allowed values are None or a number > 0"),
 ])
 def test_rlhf_config_names_field_value_and_range(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -420,6 +459,8 @@ def test_rlhf_config_names_field_value_and_range(field, value, match):
     ("group_size", 1, "GRPOConfig.group_size=1 is invalid: allowed values are integers >= 2"),
     ("n_minibatches", 3, "GRPOConfig.n_minibatches=3 does not divide prompts_per_step \\* group_size = 64"),
     ("kl_coef", -1.0, "GRPOConfig.kl_coef=-1.0 is invalid: allowed values are a number >= 0"),
+    ("adaptive_kl_target", 0.0, "GRPOConfig.adaptive_kl_target=0.0 is invalid: allowed values are a number > 0"),
+    ("kl_horizon", 0, "GRPOConfig.kl_horizon=0 is invalid: allowed values are integers >= 1"),
 ])
 def test_grpo_config_names_field_value_and_range(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -11,7 +11,8 @@ The KL to the reference moves from the reward into the loss, estimated per token
     loss = -mean_t min(ratio_t A, clip(ratio_t) A) + beta * mean_t k3_t,   (beta: ``kl_coef``)
     k3_t = exp(logp_ref - logp) - (logp_ref - logp) - 1
 
-Means run over all real tokens of the batch (token-level averaging).
+Means run over all real tokens of the batch (token-level averaging). beta is fixed, or adapted
+toward a target KL by Chapter 10's controller (eq. 10.2, ``adaptive_kl``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .. import config as C
 from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs
-from .trainer import LMTrainer
+from .trainer import AdaptiveKLController, FixedKLController, LMTrainer
 
 __all__ = ["GRPOConfig", "group_advantages", "grpo_loss", "GRPO"]
 
@@ -44,14 +45,17 @@ class GRPOConfig:
     lr: float = 3e-4                #: Adam learning rate
     clip_eps: float = 0.2           #: policy ratio clip
     kl_coef: float = 0.04           #: beta, the weight of the k3 KL to the reference in the loss (eq. 11.2)
+    adaptive_kl: bool = False       #: adapt beta toward adaptive_kl_target (eq. 10.2), as PPO-RLHF can
+    adaptive_kl_target: float = 3.0  #: the adaptive controller's target KL, nats per sample
+    kl_horizon: int = 10_000        #: adaptive controller horizon, samples
     missing_eos_penalty: float = 1.0  #: subtracted from the score of a sample without the end token
     max_grad_norm: float = 1.0      #: gradient-norm clip
 
     def __post_init__(self):
-        C.integers(self, "prompts_per_step", "max_new_tokens", "n_epochs", "n_minibatches")
+        C.integers(self, "prompts_per_step", "max_new_tokens", "n_epochs", "n_minibatches", "kl_horizon")
         C.integers(self, "group_size", low=2)                          # a group of one has no spread
         C.divides(self, "n_minibatches", self.batch_size, "prompts_per_step * group_size")
-        C.numbers(self, C.POSITIVE, "temperature", "lr", "clip_eps", "max_grad_norm")
+        C.numbers(self, C.POSITIVE, "temperature", "lr", "clip_eps", "max_grad_norm", "adaptive_kl_target")
         C.numbers(self, C.NON_NEGATIVE, "kl_coef", "missing_eos_penalty")
 
     @property
@@ -97,9 +101,12 @@ class GRPO(LMTrainer):
         super().__init__(policy, tok, prompts, reward_fn, config or GRPOConfig(), ref, seed)
 
     def build(self, policy) -> None:
-        """The policy itself (no value model) and Adam over it."""
+        """The policy itself (no value model), Adam over it, and beta's controller (fixed unless ``adaptive_kl``)."""
+        cfg = self.cfg
         self.model = policy.eval()                                    # eval: no dropout
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
+            else FixedKLController(cfg.kl_coef)
 
     def step(self) -> dict:
         """Collect G samples per prompt, group-relative advantages (eq. 11.1), update on eq. 11.2."""
@@ -122,6 +129,9 @@ class GRPO(LMTrainer):
         stats.update(iteration=self.iteration, score=raw.mean().item(), response_len=mask.sum(1).mean().item(),
                      ended=s.ended.float().mean().item(), time_generate=t_gen - t0, time_score=t_score - t_gen,
                      time_update=time.perf_counter() - t_score, time_iter=time.perf_counter() - t0)
+        if cfg.adaptive_kl:                                           # eq. 10.2 on the batch's KL (k1 per sample)
+            stats["kl_coef"] = self.kl_ctl.value
+            self.kl_ctl.update(self._mean_over_ranks(torch.tensor(stats["kl"])), cfg.batch_size)
         self.iteration += 1
         self.last_samples = s
         return stats
@@ -134,7 +144,7 @@ class GRPO(LMTrainer):
         out = response_logprobs(self.model, s, self.cfg.temperature)
         logp = out["logp"]
         old = logp.detach() if logp_old is None else logp_old         # one epoch: pi_old is pi itself
-        loss, info = grpo_loss(logp, old, ref_logp, adv, mask, self.cfg.clip_eps, self.cfg.kl_coef)
+        loss, info = grpo_loss(logp, old, ref_logp, adv, mask, self.cfg.clip_eps, self.kl_ctl.value)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GRPO step {self.iteration}: loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)

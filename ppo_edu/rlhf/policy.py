@@ -112,9 +112,11 @@ def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
     return (~after_eos).long()
 
 
-def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy: bool = False):
+def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy: bool = False,
+                      with_dist: bool = False):
     """log pi(a_t | s_t) of every response token at ``temperature``: ``(B, R)``; plus values if the
-    model has a value head (``PolicyWithValue``) and the entropy if asked."""
+    model has a value head (``PolicyWithValue``), the entropy if asked, and with ``with_dist`` the
+    log-probs of the whole vocabulary at every response state, ``logp_all``: ``(B, R, V)``."""
     P = s.query.shape[1]
     mask = s.attention_mask
     h = trunk(model)(input_ids=s.input_ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
@@ -127,6 +129,8 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
         out["values"] = model.value_head(h_act).squeeze(-1).float()
     if with_entropy:
         out["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+    if with_dist:
+        out["logp_all"] = logp_all
     return out
 
 

@@ -30,10 +30,10 @@ from .. import distributed
 from ..gae import compute_gae
 from ..losses import clipped_surrogate_loss, value_loss
 from .policy import Critic, PolicyWithValue, Samples, response_logprobs
-from .trainer import LMTrainer, PromptSampler, check_scores, trim
+from .trainer import AdaptiveKLController, FixedKLController, LMTrainer, PromptSampler, check_scores, trim
 
 __all__ = ["RLHFConfig", "FixedKLController", "AdaptiveKLController", "shaped_rewards", "token_gae",
-           "masked_mean", "masked_whiten", "check_scores", "PromptSampler", "trim", "PPORLHF"]
+           "masked_mean", "masked_whiten", "update_kl", "check_scores", "PromptSampler", "trim", "PPORLHF"]
 
 
 @C.renamed_fields(epochs="n_epochs", minibatches="n_minibatches", target_kl="adaptive_kl_target",
@@ -61,6 +61,7 @@ class RLHFConfig:
     missing_eos_penalty: float = 1.0  #: subtracted from the score of a sample without the end token
     critic: Literal["shared", "separate"] = "shared"  #: value head on the policy trunk, or its own model
     max_grad_norm: float = 1.0      #: gradient-norm clip
+    max_update_kl: float | None = None  #: end the epochs once a minibatch's exact KL(pi || pi_old) per token exceeds this
 
     def __post_init__(self):
         C.integers(self, "batch_size", "max_new_tokens", "n_epochs", "n_minibatches", "kl_horizon")
@@ -68,7 +69,7 @@ class RLHFConfig:
         C.numbers(self, C.POSITIVE, "temperature", "lr", "clip_eps", "adaptive_kl_target", "max_grad_norm")
         C.numbers(self, C.UNIT_INTERVAL, "gamma", "lam")
         C.numbers(self, C.NON_NEGATIVE, "kl_coef", "vf_coef", "missing_eos_penalty")
-        C.optional_numbers(self, C.POSITIVE, "vf_clip")
+        C.optional_numbers(self, C.POSITIVE, "vf_clip", "max_update_kl")
         C.choice(self, "critic", ("shared", "separate"))
 
     def replace(self, **changes) -> "RLHFConfig":
@@ -77,26 +78,6 @@ class RLHFConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------- KL controllers (eq. 10.2)
-class FixedKLController:
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, kl: float, n_samples: int) -> None:
-        pass
-
-
-class AdaptiveKLController:
-    """Proportional control of beta toward ``target`` nats per sample (Ziegler et al. 2019)."""
-
-    def __init__(self, kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = kl_coef, target, horizon
-
-    def update(self, kl: float, n_samples: int) -> None:
-        error = min(max((kl - self.target) / self.target, -0.2), 0.2)
-        self.value *= 1.0 + error * n_samples / self.horizon
 
 
 # ---------------------------------------------------------------- pure maths
@@ -122,6 +103,13 @@ def shaped_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tens
     last = (mask.sum(1) - 1).clamp(min=0).long()                      # (B,) index of the last real token
     rewards[torch.arange(len(score), device=score.device), last] += score
     return rewards, kl
+
+
+def update_kl(logp_all: torch.Tensor, logp_all_old: torch.Tensor) -> torch.Tensor:
+    """Exact KL(pi || pi_old) per state, summed over the vocabulary and averaged over the states:
+    ``(N, V)`` log-probs in, a scalar out. Unlike the sampled k1/k3 estimates it also sees probability
+    that moved onto tokens the batch never sampled."""
+    return (logp_all.exp() * (logp_all - logp_all_old)).sum(-1).mean()
 
 
 def token_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
@@ -173,7 +161,7 @@ class PPORLHF(LMTrainer):
         t_gen = time.perf_counter()
         mask = s.response_mask.float()
         with torch.no_grad():
-            old = response_logprobs(self.model, s, cfg.temperature)
+            old = response_logprobs(self.model, s, cfg.temperature, with_dist=cfg.max_update_kl is not None)
             values = self.critic(s) if self.critic else old["values"]
             ref_logp = response_logprobs(self.ref, s, cfg.temperature)["logp"]
             raw, score = self.score(s)
@@ -186,7 +174,10 @@ class PPORLHF(LMTrainer):
                 adv = masked_whiten(adv, mask)
         t_score = time.perf_counter()
         # --- update: epochs of minibatches
-        stats = self.update(s, mask, logp_old=old["logp"], values_old=values, adv=adv, returns=returns)
+        stats = self.update(s, mask, logp_old=old["logp"], values_old=values, adv=adv, returns=returns,
+                            dist_old=old.get("logp_all"))
+        if cfg.max_update_kl is not None:
+            stats.update(n_minibatch_steps=self.last_update_steps, early_stop=self.last_update_stopped)
         kl_seq = self._mean_over_ranks(kl.sum(1).mean())
         stats.update(iteration=self.iteration, score=raw.mean().item(), kl=kl_seq, kl_coef=self.kl_ctl.value,
                      non_score_reward=(-self.kl_ctl.value * kl).sum(1).mean().item(),
@@ -203,11 +194,12 @@ class PPORLHF(LMTrainer):
             return torch.randperm(n, generator=self.gen, device=self.device)
         return torch.randperm(n, generator=self.gen)
 
-    def minibatch_step(self, s: Samples, mask, logp_old, values_old, adv, returns) -> dict:
+    def minibatch_step(self, s: Samples, mask, logp_old, values_old, adv, returns, dist_old=None) -> dict:
         """One gradient step on a minibatch of ``(b, w)`` tokens: Chapter 5's clipped surrogate (eq. 5.3) and
-        Chapter 6's clipped value loss (eq. 6.1), both over the real tokens (``mask``)."""
+        Chapter 6's clipped value loss (eq. 6.1), both over the real tokens (``mask``). With ``dist_old``,
+        pi_old's log-probs of the whole vocabulary ``(b, w, V)``, it also reports ``update_kl``."""
         cfg, m = self.cfg, mask.bool()
-        out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True)
+        out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True, with_dist=dist_old is not None)
         values = self.critic(s) if self.critic else out["values"]
         pg_loss, info = clipped_surrogate_loss(out["logp"][m], logp_old[m], adv[m], cfg.clip_eps)
         vf_loss = value_loss(values[m], returns[m], values_old[m], cfg.vf_clip)
@@ -221,17 +213,20 @@ class PPORLHF(LMTrainer):
         distributed.average_grads_(params)                             # data-parallel: mean over ranks
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         self.optimizer.step()
-        return {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
-                "clip_fraction": info["clip_fraction"].item()}
+        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                 "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
+                 "clip_fraction": info["clip_fraction"].item()}
+        if dist_old is not None:
+            stats["update_kl"] = update_kl(out["logp_all"].detach()[m], dist_old[m]).item()
+        return stats
+
+    def stop_early(self, info: dict) -> bool:
+        """End the epochs once the minibatch's exact KL to pi_old (before its step), averaged over ranks,
+        exceeds ``max_update_kl``."""
+        limit = self.cfg.max_update_kl
+        return limit is not None and self._mean_over_ranks(torch.tensor(info["update_kl"])) > limit
 
     _minibatch = minibatch_step    # the old private name (book chapter 10 shows it); use minibatch_step
-
-    def _mean_over_ranks(self, x: torch.Tensor) -> float:
-        """The mean of a scalar over ranks, so every rank's KL controller sees the same KL."""
-        x = x.detach().reshape(1).clone()
-        distributed.average_(x)
-        return x.item()
 
     # ------------------------------------------------------------ many iterations
     def train(self, iterations: int, callback: Callable[[dict], None] | None = None,

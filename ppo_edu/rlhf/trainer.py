@@ -2,7 +2,8 @@
 
 ``LMTrainer`` holds the plumbing: a frozen reference model, a seeded prompt sampler, sampling,
 checking the reward function's scores, the epochs-of-minibatches loop, and the training loop
-with its progress bar. A subclass builds its models and optimiser (``build``), collects and
+with its progress bar; and the KL controllers of eq. 10.2, which both trainers can use for beta.
+A subclass builds its models and optimiser (``build``), collects and
 scores a batch (``step``) and takes one gradient step on one minibatch (``minibatch_step``).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .. import distributed
 from .data import check_tokenizer
 from .policy import Samples, encode_prompts, sample
 
-__all__ = ["check_scores", "PromptSampler", "trim", "LMTrainer"]
+__all__ = ["check_scores", "PromptSampler", "trim", "FixedKLController", "AdaptiveKLController", "LMTrainer"]
 
 
 def check_scores(scores, batch: int) -> torch.Tensor:
@@ -58,6 +59,26 @@ def trim(s: Samples) -> Samples:
     keep = int(s.query_mask.sum(1).max())
     return Samples(s.query[:, -keep:], s.query_mask[:, -keep:], s.response[:, :width], s.response_mask[:, :width],
                    s.ended)
+
+
+# ---------------------------------------------------------------- KL controllers (eq. 10.2)
+class FixedKLController:
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, kl: float, n_samples: int) -> None:
+        pass
+
+
+class AdaptiveKLController:
+    """Proportional control of beta toward ``target`` nats per sample (Ziegler et al. 2019)."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, kl: float, n_samples: int) -> None:
+        error = min(max((kl - self.target) / self.target, -0.2), 0.2)
+        self.value *= 1.0 + error * n_samples / self.horizon
 
 
 class LMTrainer:
@@ -124,16 +145,17 @@ class LMTrainer:
     def update(self, s: Samples, mask: torch.Tensor, **batch: torch.Tensor | None) -> dict:
         """``n_epochs`` passes of ``n_minibatches`` shuffled minibatches over the batch ``s``; returns
         the diagnostics averaged over minibatch steps. ``batch`` holds per-token ``(B, R)`` or
-        per-sample ``(B,)`` tensors (or None), cut to each minibatch's rows and width."""
+        per-sample ``(B,)`` tensors (or None), cut to each minibatch's rows and width (``(B, R, V)`` ones too).
+        The epochs end early when ``stop_early(info)`` says so."""
         cfg, B = self.cfg, len(mask)
-        size, sums, n = B // cfg.n_minibatches, {}, 0
+        size, sums, n, stop = B // cfg.n_minibatches, {}, 0, False
         for _ in range(cfg.n_epochs):
             order = self.minibatch_order(B)
             for k in range(cfg.n_minibatches):
                 idx = order[k * size:(k + 1) * size]
                 mb = trim(s.index(idx))                                # (b, w): only this minibatch's width
                 w = mb.response.shape[1]
-                cut = {key: None if x is None else x[idx, :w] if x.dim() == 2 else x[idx] for key, x in batch.items()}
+                cut = {key: None if x is None else x[idx, :w] if x.dim() >= 2 else x[idx] for key, x in batch.items()}
                 with contextlib.ExitStack() as hooks:
                     for hook in self._minibatch_hooks:
                         hooks.enter_context(hook())
@@ -141,7 +163,17 @@ class LMTrainer:
                 for key, v in info.items():
                     sums[key] = sums.get(key, 0.0) + v
                 n += 1
+                stop = self.stop_early(info)
+                if stop:
+                    break
+            if stop:
+                break
+        self.last_update_steps, self.last_update_stopped = n, stop
         return {k: v / n for k, v in sums.items()}
+
+    def stop_early(self, info: dict) -> bool:
+        """Whether to end the epochs after a minibatch step with diagnostics ``info`` (never, here)."""
+        return False
 
     @contextlib.contextmanager
     def minibatch_hook(self, hook: Callable[[], ContextManager]):
@@ -152,6 +184,12 @@ class LMTrainer:
             yield self
         finally:
             self._minibatch_hooks.remove(hook)
+
+    def _mean_over_ranks(self, x: torch.Tensor) -> float:
+        """The mean of a scalar over ranks, so every rank's KL controller sees the same KL."""
+        x = x.detach().reshape(1).clone()
+        distributed.average_(x)
+        return x.item()
 
     # ------------------------------------------------------------ many iterations
     def run(self, n: int, callback: Callable[[dict], None] | None = None, progress_bar: bool = True,
