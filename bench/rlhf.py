@@ -82,8 +82,9 @@ def speed(a, iters: int, rounds: int, skip_trl: bool) -> None:
     d = trl_assets(a)
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}", flush=True)
-        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r)
-        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, critic="separate")
+        # all 16 minibatch steps, as TRL takes: the preset's max_update_kl would end some updates early
+        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r, max_update_kl=None)
+        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, critic="separate", max_update_kl=None)
         rows["ppo_edu GRPO"] += ours(a, "grpo", iters, r)
         if not skip_trl:
             rows["TRL PPO"] += trl("ppo", d, iters, r) or []

@@ -104,7 +104,7 @@ class GRPO(LMTrainer):
         """The policy itself (no value model), Adam over it, and beta's controller (fixed unless ``adaptive_kl``)."""
         cfg = self.cfg
         self.model = policy.eval()                                    # eval: no dropout
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
             else FixedKLController(cfg.kl_coef)
 

@@ -148,7 +148,7 @@ class PPORLHF(LMTrainer):
             params = list(policy.parameters()) + list(self.critic.parameters())
         else:
             self.critic, params = None, list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, foreach=True)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
             else FixedKLController(cfg.kl_coef)
 
