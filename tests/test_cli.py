@@ -79,8 +79,8 @@ def test_booleans_are_flag_pairs(tmp_path):
 def test_a_value_far_outside_every_preset_is_warned_about(tmp_path, capsys):
     assert _run(tmp_path, "--lr", "1e10") == 0
     err = capsys.readouterr().err
-    from ppo_edu.ppo import PPOConfig, PRESETS, RL_ZOO
-    lrs = [c.lr for c, _ in (*PRESETS.values(), *RL_ZOO.values())] + [PPOConfig().lr]
+    from ppo_edu.ppo import PPOConfig, PRESETS
+    lrs = [c.lr for c, _ in PRESETS.values()] + [PPOConfig().lr]   # the presets and the defaults
     assert f"warning: --lr 1e+10 is far outside every preset ({min(lrs):g} to {max(lrs):g})" in err
 
 

@@ -27,7 +27,7 @@ from .. import config as C
 from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs
-from .trainer import AdaptiveKLController, FixedKLController, LMTrainer
+from .trainer import LMTrainer, kl_controller
 
 __all__ = ["GRPOConfig", "group_advantages", "grpo_loss", "GRPO"]
 
@@ -105,8 +105,7 @@ class GRPO(LMTrainer):
         cfg = self.cfg
         self.model = policy.eval()                                    # eval: no dropout
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
-            else FixedKLController(cfg.kl_coef)
+        self.kl_ctl = kl_controller(cfg)
 
     def step(self) -> dict:
         """Collect G samples per prompt, group-relative advantages (eq. 11.1), update on eq. 11.2."""

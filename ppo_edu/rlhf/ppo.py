@@ -30,7 +30,8 @@ from .. import distributed
 from ..gae import compute_gae
 from ..losses import clipped_surrogate_loss, value_loss
 from .policy import Critic, PolicyWithValue, Samples, response_logprobs
-from .trainer import AdaptiveKLController, FixedKLController, LMTrainer, PromptSampler, check_scores, trim
+from .trainer import (AdaptiveKLController, FixedKLController, LMTrainer, PromptSampler, check_scores,
+                      kl_controller, trim)
 
 __all__ = ["RLHFConfig", "FixedKLController", "AdaptiveKLController", "shaped_rewards", "token_gae",
            "masked_mean", "masked_whiten", "update_kl", "check_scores", "PromptSampler", "trim", "PPORLHF"]
@@ -149,8 +150,7 @@ class PPORLHF(LMTrainer):
         else:
             self.critic, params = None, list(self.model.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, foreach=True)
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
-            else FixedKLController(cfg.kl_coef)
+        self.kl_ctl = kl_controller(cfg)
 
     # ------------------------------------------------------------ one iteration
     def step(self) -> dict:

@@ -19,7 +19,8 @@ from .. import distributed
 from .data import check_tokenizer
 from .policy import Samples, encode_prompts, sample
 
-__all__ = ["check_scores", "PromptSampler", "trim", "FixedKLController", "AdaptiveKLController", "LMTrainer"]
+__all__ = ["check_scores", "PromptSampler", "trim", "FixedKLController", "AdaptiveKLController", "kl_controller",
+           "LMTrainer"]
 
 
 def check_scores(scores, batch: int) -> torch.Tensor:
@@ -79,6 +80,14 @@ class AdaptiveKLController:
     def update(self, kl: float, n_samples: int) -> None:
         error = min(max((kl - self.target) / self.target, -0.2), 0.2)
         self.value *= 1.0 + error * n_samples / self.horizon
+
+
+def kl_controller(cfg):
+    """beta's controller for a config with ``kl_coef``, ``adaptive_kl``, ``adaptive_kl_target`` and
+    ``kl_horizon`` (``RLHFConfig`` and ``GRPOConfig``): adaptive (eq. 10.2) or fixed."""
+    if cfg.adaptive_kl:
+        return AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon)
+    return FixedKLController(cfg.kl_coef)
 
 
 class LMTrainer:
