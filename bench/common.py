@@ -157,20 +157,21 @@ def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_epi
     for seed in range(args.seeds):
         for lib, fn in runners.items():  # alternate, so drift in machine load hits all alike
             r = fn(seed)
+            r["raw_env_sps"] = raw_env_throughput(env_id, r["n_envs"])  # the ceiling, measured right after
             results[lib].append(r)
             evals = " ".join(f"{m:.0f}" for _, _, m in r["points"])
             print(f"seed {seed} {lib:11s} train {r['train_seconds']:6.2f} s | evals every {args.every}: {evals}",
                   flush=True)
     report(results, threshold, args.budget)
-    print_throughput(env_id, results, args.budget)
+    print_throughput(results, args.budget)
 
 
-def print_throughput(env_id, results, budget):
-    """Env steps/s while training (median over seeds) against the vectorised env alone, same n_envs."""
-    raw = {}
+def print_throughput(results, budget):
+    """Env steps/s while training against the vectorised env alone with the same n_envs, each
+    measured right after each run (the machine's speed drifts): medians over the runs."""
     for lib, runs in results.items():
-        n = runs[0]["n_envs"]
-        raw[n] = raw.get(n) or raw_env_throughput(env_id, n)
         sps = np.median([budget / r["train_seconds"] for r in runs])
-        print(f"{lib}: {sps:,.0f} env steps/s while training; the vectorised env alone: {raw[n]:,.0f} "
-              f"steps/s ({n} envs, random actions), {raw[n] / sps:.1f}x faster")
+        raw = np.median([r["raw_env_sps"] for r in runs])
+        ratio = np.median([r["raw_env_sps"] * r["train_seconds"] / budget for r in runs])
+        print(f"{lib}: {sps:,.0f} env steps/s while training; the vectorised env alone: {raw:,.0f} steps/s "
+              f"({runs[0]['n_envs']} envs, random actions); median ratio {ratio:.1f}x")

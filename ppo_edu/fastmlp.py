@@ -85,18 +85,23 @@ class _Dense:
         return x, acts
 
     def backward(self, g: np.ndarray, acts: list[np.ndarray], need_input_grad: bool = False):
-        """Accumulate dL/dW, dL/db given dL/d(output) ``g``; return dL/d(input) if asked."""
+        """Accumulate dL/dW, dL/db given dL/d(output) ``g``; return dL/d(input) if asked.
+        ``acts`` (from :meth:`forward`) is used up: its hidden activations are overwritten."""
         n = len(self.layers)
         ones = _ones(len(g))
         for i in reversed(range(n)):
             w, _, dw, db = self.layers[i]
             if i < n - 1 or self.ends_with_activation:
-                y = acts[i + 1]
-                g = g * (1.0 - y * y)  # tanh'(z) = 1 - tanh(z)^2
+                y = acts[i + 1]  # no longer needed after this: tanh'(z) = 1 - tanh(z)^2 overwrites it
+                np.multiply(y, y, out=y)
+                np.subtract(1.0, y, out=y)
+                g = g * y
             dw += g.T @ acts[i]  # (out, in)
             db += ones @ g       # sum over the batch
             if i > 0 or need_input_grad:
-                g = g @ w
+                # a one-unit layer (the critic's head): its input gradient is an outer product,
+                # which broadcasting computes in half the time of a matmul with inner size 1
+                g = g * w if len(w) == 1 else g @ w
         return g if need_input_grad else None
 
 
@@ -164,11 +169,11 @@ class NumpyActorCritic:
             z = out - out.max(1, keepdims=True)
             logp_all = z - np.log(np.exp(z).sum(1, keepdims=True))  # (B, A)
             probs = np.exp(logp_all)
-            rows = np.arange(B)
-            logp = logp_all[rows, actions.astype(np.int64)]
+            taken = (np.arange(B), actions.astype(np.int64, copy=False))
+            logp = logp_all[taken]
             entropy = -(probs * logp_all).sum(1)  # (B,)
             dlogp_dout = -probs
-            dlogp_dout[rows, actions.astype(np.int64)] += 1.0  # onehot(a) - softmax
+            dlogp_dout[taken] += 1.0  # onehot(a) - softmax
             dent_dout = -probs * (logp_all + entropy[:, None])
         else:
             # eq. 7.1 written with the variance, whose pieces the gradient reuses; it rounds differently
@@ -227,13 +232,21 @@ class Adam:
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
         self.t = 0
+        # scratch vectors, so a step allocates nothing; the denominator is float64, as it always was
+        self._work = (np.empty_like(params), np.empty(params.shape, np.float64))
 
     def step(self, grad: np.ndarray) -> None:
+        """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+        params -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
         b1, b2 = self.betas
         self.t += 1
+        a, denom = self._work
         self.m *= b1
-        self.m += (1 - b1) * grad
+        self.m += np.multiply(grad, 1 - b1, out=a)
         self.v *= b2
-        self.v += (1 - b2) * grad * grad
-        denom = np.sqrt(self.v) / np.sqrt(1 - b2 ** self.t) + self.eps
-        self.params -= (self.lr / (1 - b1 ** self.t)) * self.m / denom
+        np.multiply(grad, 1 - b2, out=a)
+        self.v += np.multiply(a, grad, out=a)
+        np.divide(np.sqrt(self.v, out=a), np.sqrt(1 - b2 ** self.t), out=denom)
+        denom += self.eps
+        step = np.multiply(self.m, self.lr / (1 - b1 ** self.t), out=a)
+        self.params -= np.divide(step, denom, out=denom)

@@ -20,6 +20,7 @@ and the value targets are ``returns = advantages + values`` (the lambda-return).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["compute_gae", "discounted_returns"]
@@ -57,11 +58,16 @@ def compute_gae(
     not_terminal = 1.0 - terminated.to(values.dtype)  # (T, N)
     not_done = 1.0 - torch.logical_or(terminated.bool(), truncated.bool()).to(values.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values  # (T, N), eq. 3.1
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[0])  # A_{t+1}, (N,)
+    decay = gamma * lam * not_done  # (T, N): what A_{t+1} is multiplied by
+    # The recursion goes row by row, so it runs on NumPy copies: one torch operation on a row of
+    # 16 numbers costs several times its NumPy twin (Chapter 12). Same float arithmetic, same result.
+    d, c = (x.detach().cpu().numpy() for x in (deltas, decay))
+    adv = np.zeros_like(d)
+    running = np.zeros_like(d[0])  # A_{t+1}, (N,)
     for t in reversed(range(T)):
-        running = deltas[t] + gamma * lam * not_done[t] * running
-        advantages[t] = running
+        running = d[t] + c[t] * running
+        adv[t] = running
+    advantages = torch.from_numpy(adv).to(values.device)
     return advantages, advantages + values
 
 

@@ -195,8 +195,8 @@ class RolloutCollector:
     def _track_episodes(self, raw_rewards, done, valid) -> None:
         self.ep_ret += raw_rewards
         self.ep_len += valid
-        self.total_steps += int(valid.sum())
-        for i in np.flatnonzero(done):
+        self.total_steps += int(np.count_nonzero(valid))
+        for i in np.flatnonzero(done) if done.any() else ():
             self.episode_returns.append(float(self.ep_ret[i]))
             self.episode_lengths.append(int(self.ep_len[i]))
             self.ep_ret[i], self.ep_len[i] = 0.0, 0
