@@ -20,6 +20,11 @@ score of 256 fresh samples, their KL to the reference, and the largest per-batch
 adaptive target, 3 nats; GRPO, which steers to no target, is held to the same) on every seed.
 
     python bench/rlhf.py [--iters 8] [--rounds 2] [--quality-seeds 3] [--skip-trl] [--skip-quality]
+
+``--device cuda`` runs both sides on one GPU (fp32 on both), at the ``gpu-small`` size unless
+``--size`` says otherwise (the TRL venvs then need a CUDA build of torch)::
+
+    python bench/rlhf.py --device cuda [--size gpu-small]
 """
 from __future__ import annotations
 
@@ -44,8 +49,8 @@ from ppo_edu.rlhf.ppo import PPORLHF  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def ours(a, kind: str, iters: int, seed: int, **changes) -> list[float]:
-    p = PRESETS["cpu-tiny"]
+def ours(a, kind: str, iters: int, seed: int, size: str, **changes) -> list[float]:
+    p = PRESETS[size]
     cls, cfg = (PPORLHF, p.ppo) if kind == "ppo" else (GRPO, p.grpo)
     trainer = cls(copy.deepcopy(a.policy), a.tok, a.prompts, RewardModelScorer(a.reward_model),
                   cfg.replace(**changes), ref=a.policy, seed=seed)
@@ -53,13 +58,13 @@ def ours(a, kind: str, iters: int, seed: int, **changes) -> list[float]:
     return [trainer.step()["time_iter"] for _ in range(iters)]
 
 
-def trl(kind: str, assets_dir: str, iters: int, seed: int) -> list[float] | None:
+def trl(kind: str, assets_dir: str, iters: int, seed: int, device: str) -> list[float] | None:
     venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
     if not (venv / "bin" / "python").exists():
         print(f"  (skipped TRL {kind}: {venv.relative_to(HERE.parent)} is missing; see this file's docstring)")
         return None
     out = subprocess.run([str(venv / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets", assets_dir,
-                          "--iters", str(iters), "--seed", str(seed)], capture_output=True, text=True,
+                          "--iters", str(iters), "--seed", str(seed), "--device", device], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if out.returncode != 0:
         print(out.stderr[-3000:])
@@ -77,20 +82,21 @@ def trl_assets(a) -> str:
     return str(d)
 
 
-def speed(a, iters: int, rounds: int, skip_trl: bool) -> None:
+def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) -> None:
     rows = {k: [] for k in ("ppo_edu PPO", "ppo_edu PPO (separate critic)", "TRL PPO", "ppo_edu GRPO", "TRL GRPO")}
     d = trl_assets(a)
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}", flush=True)
         # all 16 minibatch steps, as TRL takes: the preset's max_update_kl would end some updates early
-        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r, max_update_kl=None)
-        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, critic="separate", max_update_kl=None)
-        rows["ppo_edu GRPO"] += ours(a, "grpo", iters, r)
+        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r, size, max_update_kl=None)
+        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, size, critic="separate", max_update_kl=None)
+        rows["ppo_edu GRPO"] += ours(a, "grpo", iters, r, size)
         if not skip_trl:
-            rows["TRL PPO"] += trl("ppo", d, iters, r) or []
-            rows["TRL GRPO"] += trl("grpo", d, iters, r) or []
+            rows["TRL PPO"] += trl("ppo", d, iters, r, device) or []
+            rows["TRL GRPO"] += trl("grpo", d, iters, r, device) or []
     med = {k: statistics.median(v) for k, v in rows.items() if v}
-    print(f"\nseconds per iteration (median of {iters} x {rounds}, warm-up excluded, 1 thread):")
+    where = "1 thread" if device == "cpu" else "one GPU"
+    print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}):")
     for k, v in med.items():
         print(f"  {k:32s} {v:6.3f} s")
     if "TRL PPO" in med:
@@ -105,10 +111,10 @@ def kl_budget(cfg) -> float:
     return getattr(cfg, "adaptive_kl_target", PRESETS["cpu-tiny"].ppo.adaptive_kl_target)
 
 
-def quality_run(a, kind: str, seed: int, n: int | None) -> dict:
-    """One run of the cpu-tiny preset (n iterations, default the preset's); fresh-sample gold and KL, and
+def quality_run(a, kind: str, seed: int, n: int | None, size: str) -> dict:
+    """One run of the ``size`` preset (n iterations, default the preset's); fresh-sample gold and KL, and
     the largest per-batch KL after iteration 10."""
-    p = PRESETS["cpu-tiny"]
+    p = PRESETS[size]
     cls, cfg, n = (PPORLHF, p.ppo, n or p.ppo_iterations) if kind == "ppo" else (GRPO, p.grpo, n or p.grpo_steps)
     torch.manual_seed(seed)
     policy, t0 = copy.deepcopy(a.policy), time.perf_counter()
@@ -123,13 +129,13 @@ def quality_run(a, kind: str, seed: int, n: int | None) -> dict:
     return {"ok": ok, "gold": ev["gold"], "kl": ev["kl"], "late_max_kl": late}
 
 
-def quality(a, seeds: int, iterations: int | None) -> None:
-    print("\nquality: the cpu-tiny preset's iterations (PPO) / steps (GRPO); 256 fresh samples "
+def quality(a, seeds: int, iterations: int | None, size: str) -> None:
+    print(f"\nquality: the {size} preset's iterations (PPO) / steps (GRPO); 256 fresh samples "
           "(gold = VADER compound).\nPASS: gold >= 0.8, KL to the reference <= 5 nats, and every per-batch KL "
           "after iteration 10 <= 3x the target")
     before = evaluate_policy(a.policy, a, 256)
     print(f"  reference       gold {before['gold']:+.3f}")
-    results = [quality_run(a, kind, seed, iterations) for kind in ("ppo", "grpo") for seed in range(seeds)]
+    results = [quality_run(a, kind, seed, iterations, size) for kind in ("ppo", "grpo") for seed in range(seeds)]
     print(f"target met on {sum(r['ok'] for r in results)} of {len(results)} runs: "
           f"{'PASS' if all(r['ok'] for r in results) else 'FAIL'}")
 
@@ -142,14 +148,20 @@ def main(argv=None) -> None:
     p.add_argument("--quality-iterations", type=int, default=None, help="default: the preset's (PPO and GRPO)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: both sides on one GPU")
+    p.add_argument("--size", choices=sorted(PRESETS), default=None,
+                   help="the assets and preset (default: cpu-tiny on the CPU, gpu-small on a GPU)")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
+    size = args.size or ("cpu-tiny" if args.device == "cpu" else "gpu-small")
     torch.set_num_threads(1)
-    a = load_assets("cpu-tiny", 0, "rm")
-    print(f"tiny GPT-2: {a.info['parameters']:,} parameters; reward model held-out accuracy "
+    a = load_assets(size, 0, "rm", device=args.device)
+    print(f"{size} GPT-2 on {args.device}: {a.info['parameters']:,} parameters; reward model held-out accuracy "
           f"{a.info['rm']['heldout_accuracy']:.3f}")
-    speed(a, args.iters, args.rounds, args.skip_trl)
+    speed(a, args.iters, args.rounds, args.skip_trl, size, args.device)
     if not args.skip_quality:
-        quality(a, args.quality_seeds, args.quality_iterations)
+        quality(a, args.quality_seeds, args.quality_iterations, size)
 
 
 if __name__ == "__main__":

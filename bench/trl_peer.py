@@ -47,7 +47,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 # Shape of the benchmark; these must match our side in bench/rlhf.py.
 ROLLOUT_BATCH = 64      # completions per PPO iteration / GRPO step
@@ -124,7 +123,8 @@ def _quiet(trainer) -> None:
 
 
 def _common_args(cfg_cls, outdir: str, a) -> dict:
-    """TrainingArguments fields shared by both trainers: CPU, fp32, no save/eval/report."""
+    """TrainingArguments fields shared by both trainers: ``--device`` (CPU or one GPU), fp32, no
+    save/eval/report."""
     import dataclasses
 
     # TRL defaults gradient checkpointing to on; transformers 5.x renamed the field to
@@ -136,8 +136,8 @@ def _common_args(cfg_cls, outdir: str, a) -> dict:
         output_dir=outdir,
         seed=a.seed,
         learning_rate=a.lr,
-        use_cpu=True,
-        bf16=False,                   # TRL's configs default bf16=True
+        use_cpu=a.device == "cpu",
+        bf16=False,                   # TRL's configs default bf16=True; ppo_edu's side is fp32 too
         fp16=False,
         report_to="none",
         save_strategy="no",
@@ -165,6 +165,7 @@ def _report(kind: str, timer, a) -> None:
         "per_iter": [round(t, 4) for t in kept],
         "warmup": [round(t, 4) for t in timer.per_iter[: a.warmup]],
         "threads": a.threads,
+        "device": a.device,
         "versions": _versions(),
     }
     sys.stdout.flush()
@@ -368,11 +369,14 @@ def main(argv=None) -> None:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (does not affect timing)")
         s.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+        s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: one GPU (bench/rlhf.py --device)")
     s = sub.add_parser("make-standin", help="write random-initialised stand-in assets (for testing this script)")
     s.add_argument("dir")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
+    if getattr(a, "device", "cpu") == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # before torch is imported (the run_* functions do)
     if a.cmd != "make-standin" and (a.iters < 1 or a.warmup < 0):
         p.error("--iters must be >= 1 and --warmup >= 0")
     {"ppo": run_ppo, "grpo": run_grpo, "make-standin": make_standin}[a.cmd](a)
