@@ -104,7 +104,7 @@ class GRPO(LMTrainer):
         """The policy itself (no value model), Adam over it, and beta's controller (fixed unless ``adaptive_kl``)."""
         cfg = self.cfg
         self.model = policy.eval()                                    # eval: no dropout
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.kl_ctl = kl_controller(cfg)
 
     def step(self) -> dict:

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import packed
+
 __all__ = ["Samples", "PolicyWithValue", "Critic", "encode_prompts", "sample", "position_ids", "response_mask",
-           "response_logprobs", "trunk"]
+           "response_logprobs", "trunk", "last_hidden_state"]
 
 
 @dataclass
@@ -55,6 +57,12 @@ def trunk(model: nn.Module) -> nn.Module:
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding: ``cumsum(mask) - 1``, clamped at 0 on pads."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_hidden_state(body: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The trunk's output ``(B, T, C)`` for left-padded ids, 0 on pads; a GPT-2 trunk runs on the real
+    tokens only (``packed.hidden_states``: the same numbers as its own forward pass, less work)."""
+    return packed.hidden_states(body, input_ids, mask, position_ids(mask))
 
 
 def encode_prompts(tok, prompts: list[str], max_positions: int, max_new_tokens: int, device="cpu"):
@@ -114,24 +122,29 @@ def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
 
 def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy: bool = False,
                       with_dist: bool = False):
-    """log pi(a_t | s_t) of every response token at ``temperature``: ``(B, R)``; plus values if the
-    model has a value head (``PolicyWithValue``), the entropy if asked, and with ``with_dist`` the
-    log-probs of the whole vocabulary at every response state, ``logp_all``: ``(B, R, V)``."""
-    P = s.query.shape[1]
-    mask = s.attention_mask
-    h = trunk(model)(input_ids=s.input_ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    """log pi(a_t | s_t) of every response token at ``temperature``: ``(B, R)``, 0 on pads; plus values if
+    the model has a value head (``PolicyWithValue``), the entropy if asked, and with ``with_dist`` the
+    log-probs of the whole vocabulary at every response state, ``logp_all``: ``(B, R, V)``. The
+    vocabulary head runs on the real response tokens only (``m``)."""
+    P, m = s.query.shape[1], s.response_mask.bool()
+    h = last_hidden_state(trunk(model), s.input_ids, s.attention_mask)
     h_act = h[:, P - 1:-1]                                            # (B, R, C): states before each token
-    logits = model.lm_head(h_act).float() / temperature               # (B, R, V)
+    logits = model.lm_head(h_act[m]).float() / temperature            # (n, V) at the n real tokens
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, s.response.unsqueeze(-1)).squeeze(-1)  # (B, R)
-    out = {"logp": logp}
+    logp = logp_all.gather(-1, s.response[m].unsqueeze(-1)).squeeze(-1)  # (n,)
+    out = {"logp": unpack(logp, m)}
     if isinstance(model, PolicyWithValue):
         out["values"] = model.value_head(h_act).squeeze(-1).float()
     if with_entropy:
-        out["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+        out["entropy"] = unpack(-(logp_all.exp() * logp_all).sum(-1), m)
     if with_dist:
-        out["logp_all"] = logp_all
+        out["logp_all"] = unpack(logp_all, m)
     return out
+
+
+def unpack(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Values ``(n, ...)`` at the n True places of a mask ``(B, R)`` back into ``(B, R, ...)``, 0 elsewhere."""
+    return x.new_zeros(m.shape + x.shape[1:]).index_put((m,), x)
 
 
 def zero_head(width: int) -> nn.Linear:
@@ -172,7 +185,6 @@ class Critic(nn.Module):
         self.value_head = zero_head(body.config.n_embd)
 
     def forward(self, s: Samples) -> torch.Tensor:
-        P, mask = s.query.shape[1], s.attention_mask
-        h = self.transformer(input_ids=s.input_ids, attention_mask=mask,
-                             position_ids=position_ids(mask)).last_hidden_state
+        P = s.query.shape[1]
+        h = last_hidden_state(self.transformer, s.input_ids, s.attention_mask)
         return self.value_head(h[:, P - 1:-1]).squeeze(-1).float()     # (B, R)

@@ -149,7 +149,7 @@ class PPORLHF(LMTrainer):
             params = list(policy.parameters()) + list(self.critic.parameters())
         else:
             self.critic, params = None, list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, fused=True)
         self.kl_ctl = kl_controller(cfg)
 
     # ------------------------------------------------------------ one iteration
