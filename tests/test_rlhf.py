@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ppo_edu.rlhf import data, memory, packed, pipeline, policy, reward
+from ppo_edu.rlhf import data, memory, pipeline, policy, reward
 from ppo_edu.rlhf.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss
 from ppo_edu.rlhf.ppo import (AdaptiveKLController, PPORLHF, RLHFConfig, masked_whiten, shaped_rewards,
                               token_gae, update_kl)
@@ -187,17 +187,17 @@ def _padded_batch(assets, n=12, seed=3):
 
 
 def test_packed_trunk_equals_the_models_own_forward_at_every_real_token(assets):
-    """packed.hidden_states runs GPT-2 on the real tokens only: bit for bit the numbers of
+    """policy.packed_hidden_states runs GPT-2 on the real tokens only: bit for bit the numbers of
     GPT2Model's forward pass there, 0 on pads; a trunk it does not support runs its own forward."""
     s, body = _padded_batch(assets), assets.policy.transformer
     ids, mask = s.input_ids, s.attention_mask
     assert not mask.all()                                              # there is padding to skip
     with torch.no_grad():
         own = body(input_ids=ids, attention_mask=mask, position_ids=policy.position_ids(mask)).last_hidden_state
-        fast = packed.hidden_states(body, ids, mask, policy.position_ids(mask))
+        fast = policy.packed_hidden_states(body, ids, mask, policy.position_ids(mask))
     real = mask.bool()
     assert torch.equal(fast[real], own[real]) and not fast[~real].any()
-    assert packed.supports(body) and not packed.supports(torch.nn.Linear(2, 2))
+    assert policy.packable(body) and not policy.packable(torch.nn.Linear(2, 2))
 
 
 def test_packed_trunk_gradients_match_the_models_own(assets):
@@ -207,7 +207,7 @@ def test_packed_trunk_gradients_match_the_models_own(assets):
     w = torch.randn(ids.shape + (body.config.n_embd,), generator=torch.Generator().manual_seed(0)) * mask[..., None]
     grads = []
     for run in (lambda: body(input_ids=ids, attention_mask=mask, position_ids=policy.position_ids(mask)).last_hidden_state,
-                lambda: packed.hidden_states(body, ids, mask, policy.position_ids(mask))):
+                lambda: policy.packed_hidden_states(body, ids, mask, policy.position_ids(mask))):
         body.zero_grad()
         (run() * w).sum().backward()
         grads.append([p.grad.clone() for p in body.parameters()])
@@ -216,10 +216,10 @@ def test_packed_trunk_gradients_match_the_models_own(assets):
 
 
 def test_sampler_writes_the_same_tokens_with_or_without_the_packed_decoder(assets, monkeypatch):
-    """packed.Decoder (only unfinished rows, preallocated cache) and the model's own past_key_values
+    """policy.Decoder (only unfinished rows, preallocated cache) and the model's own past_key_values
     (every row) draw the same tokens from the same Gumbel noise."""
     fast = _padded_batch(assets, n=16, seed=4)
-    monkeypatch.setattr(packed, "supports", lambda body: False)
+    monkeypatch.setattr(policy, "packable", lambda body: False)
     own = _padded_batch(assets, n=16, seed=4)
     assert torch.equal(fast.response, own.response) and fast.ended.any() and not fast.ended.all()
 
