@@ -138,7 +138,7 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
 
 def unpack(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Values ``(n, ...)`` at the n True places of a mask ``(B, R)`` back into ``(B, R, ...)``, 0 elsewhere."""
-    return x.new_zeros(m.shape + x.shape[1:]).index_put((m,), x)
+    return x.new_zeros(m.shape + x.shape[1:]).index_put_((m,), x)
 
 
 # ---------------------------------------------------------------- GPT-2 on the real tokens only
@@ -185,7 +185,7 @@ def packed_attention(attn: nn.Module, h: torch.Tensor, real: torch.Tensor, allow
     (B, T), (N, C) = shape, h.shape
     H = attn.num_heads
     qkv = attn.c_attn(h)                                              # (N, 3C)
-    full = qkv.new_zeros(B * T, 3 * C).index_copy(0, real, qkv)      # (B T, 3C), pads 0
+    full = qkv.new_zeros(B * T, 3 * C).index_copy_(0, real, qkv)     # (B T, 3C), pads 0
     q, k, v = full.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)   # each (B, H, T, d)
     if kv is not None:
         kv[0][:, :, :T], kv[1][:, :, :T] = k, v
@@ -212,7 +212,7 @@ def packed_hidden_states(body: nn.Module, input_ids: torch.Tensor, mask: torch.T
         x = x + packed_attention(block.attn, block.ln_1(x), real, allowed, (B, T), kv)
         x = x + block.mlp(block.ln_2(x))
     x = body.ln_f(x)
-    return x.new_zeros(B * T, x.shape[1]).index_copy(0, real, x).view(B, T, -1)
+    return x.new_zeros(B * T, x.shape[1]).index_copy_(0, real, x).view(B, T, -1)
 
 
 # ---------------------------------------------------------------- sampling: one token at a time
