@@ -90,9 +90,9 @@ EXPECTED = {
     'cartpole-torch': {'weights': '4ddfe015e4c28135', 'stats': 'f45cae430cd023fc'},
     'pendulum-numpy': {'weights': '4ab0e6523c52d07e', 'stats': '25f4de7119ab3230'},
     'pendulum-torch': {'weights': '2c9003c3731f159c', 'stats': '4a591bb8c89b3691'},
-    'rlhf-ppo': {'weights': '40df498789fa339b', 'stats': 'cc4860a24783eb62'},
-    'rlhf-ppo-separate': {'weights': 'd14910d57dc67c13', 'stats': '740ca64f7a5b0531'},
-    'rlhf-grpo': {'weights': '6287f887b61bc6a2', 'stats': '9ff180026f2bfd40'},
+    'rlhf-ppo': {'weights': '9b7351f956679a52', 'stats': '1860863059c00d51'},
+    'rlhf-ppo-separate': {'weights': 'bd1ad545005256d6', 'stats': '16b54d75434b175f'},
+    'rlhf-grpo': {'weights': '1ee8b3dce18c9ae3', 'stats': 'e847b2e0008e97f5'},
 }
 
 

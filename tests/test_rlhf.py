@@ -178,6 +178,59 @@ def test_sampler_draws_from_softmax_at_the_temperature(assets):
     assert tv < 0.03, tv                               # torch.multinomial's own draws give 0.020 here
 
 
+def _padded_batch(assets, n=12, seed=3):
+    """Samples of left-padded prompts (several lengths) and right-padded responses."""
+    tok = assets.tok
+    q, m = policy.encode_prompts(tok, [assets.prompts[i % len(assets.prompts)] for i in range(n)], 64, 10)
+    return policy.sample(assets.policy, q, m, 10, tok.eos_token_id, tok.pad_token_id, 1.0,
+                         torch.Generator().manual_seed(seed))
+
+
+def test_packed_trunk_equals_the_models_own_forward_at_every_real_token(assets):
+    """policy.packed_hidden_states runs GPT-2 on the real tokens only: bit for bit the numbers of
+    GPT2Model's forward pass there, 0 on pads; a trunk it does not support runs its own forward."""
+    s, body = _padded_batch(assets), assets.policy.transformer
+    ids, mask = s.input_ids, s.attention_mask
+    assert not mask.all()                                              # there is padding to skip
+    with torch.no_grad():
+        own = body(input_ids=ids, attention_mask=mask, position_ids=policy.position_ids(mask)).last_hidden_state
+        fast = policy.packed_hidden_states(body, ids, mask, policy.position_ids(mask))
+    real = mask.bool()
+    assert torch.equal(fast[real], own[real]) and not fast[~real].any()
+    assert policy.packable(body) and not policy.packable(torch.nn.Linear(2, 2))
+
+
+def test_packed_trunk_gradients_match_the_models_own(assets):
+    s = _padded_batch(assets)
+    body = copy.deepcopy(assets.policy.transformer).requires_grad_(True)
+    ids, mask = s.input_ids, s.attention_mask
+    w = torch.randn(ids.shape + (body.config.n_embd,), generator=torch.Generator().manual_seed(0)) * mask[..., None]
+    grads = []
+    for run in (lambda: body(input_ids=ids, attention_mask=mask, position_ids=policy.position_ids(mask)).last_hidden_state,
+                lambda: policy.packed_hidden_states(body, ids, mask, policy.position_ids(mask))):
+        body.zero_grad()
+        (run() * w).sum().backward()
+        grads.append([p.grad.clone() for p in body.parameters()])
+    for own, fast in zip(*grads):                                    # equal up to the order of float sums
+        torch.testing.assert_close(fast, own, rtol=1e-4, atol=1e-6)
+
+
+def test_sampler_writes_the_same_tokens_with_or_without_the_packed_decoder(assets, monkeypatch):
+    """policy.Decoder (only unfinished rows, preallocated cache) and the model's own past_key_values
+    (every row) draw the same tokens from the same Gumbel noise."""
+    fast = _padded_batch(assets, n=16, seed=4)
+    monkeypatch.setattr(policy, "packable", lambda body: False)
+    own = _padded_batch(assets, n=16, seed=4)
+    assert torch.equal(fast.response, own.response) and fast.ended.any() and not fast.ended.all()
+
+
+def test_the_trainers_reward_scorer_gives_reward_scores_numbers(assets):
+    s = _padded_batch(assets)
+    with torch.no_grad():
+        expected = reward.reward_scores(assets.reward_model, s.input_ids, s.attention_mask)
+    assert torch.equal(pipeline.RewardModelScorer(assets.reward_model)(s), expected)
+
+
 def test_response_mask_ends_after_the_end_token():
     eos, pad = 5, 6
     resp = torch.tensor([[1, 2, eos, 3, 4], [1, 2, 3, 4, 1], [eos, 1, 1, 1, 1]])

@@ -104,7 +104,7 @@ class GRPO(LMTrainer):
         """The policy itself (no value model), Adam over it, and beta's controller (fixed unless ``adaptive_kl``)."""
         cfg = self.cfg
         self.model = policy.eval()                                    # eval: no dropout
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.kl_ctl = kl_controller(cfg)
 
     def step(self) -> dict:
@@ -149,7 +149,7 @@ class GRPO(LMTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_grads_(self.model.parameters())            # data-parallel: mean over ranks
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
         kl_seq = ((logp.detach() - ref_logp) * mask).sum(1).mean()     # k1 per sample, comparable to PPO's
         return {"loss": loss.item(), "kl_k3": info["kl_k3"].item(), "kl": kl_seq.item(),

@@ -40,10 +40,10 @@ from .data import generate_reviews, load_tokenizer, review_prompts, train_tokeni
 from .grpo import GRPO, GRPOConfig
 from .memory import measure_trainer
 from .models import SIZES, count_parameters, new_lm, pretrain
-from .policy import encode_prompts, response_logprobs, sample
+from .policy import encode_prompts, last_hidden_state, response_logprobs, sample
 from .ppo import PPORLHF, RLHFConfig
 from .reward import (gold_scores, label_pairs, new_reward_model, normalize_reward_model, pair_accuracy,
-                     reward_scores, train_reward_model)
+                     score_last_token, train_reward_model)
 
 __all__ = ["ASSET_VERSION", "CacheError", "verify_stage",
            "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
@@ -327,14 +327,16 @@ def _load_lm(lm_dir: Path, device) -> Assets:
 
 
 class RewardModelScorer:
-    """``reward_fn`` for the trainers: the normalised reward model's score of each whole sample."""
+    """``reward_fn`` for the trainers: the normalised reward model's score of each whole sample, the
+    numbers of ``reward_scores`` with the trunk run on the real tokens only (``last_hidden_state``)."""
 
     def __init__(self, rm):
         self.rm = rm
 
     @torch.no_grad()
     def __call__(self, s) -> torch.Tensor:
-        return reward_scores(self.rm, s.input_ids, s.attention_mask)
+        h = last_hidden_state(self.rm.transformer, s.input_ids, s.attention_mask)
+        return score_last_token(self.rm, h, s.attention_mask)
 
 
 @torch.no_grad()
@@ -343,7 +345,7 @@ def evaluate_policy(policy, a: Assets, n: int = 256, seed: int = 1234, max_new_t
     device = next(policy.parameters()).device
     parts = draw_samples(policy, a.tok, a.prompts, n, max_new_tokens, seed, device)
     texts = [t for s in parts for t in decode(a.tok, s)]
-    rm = torch.cat([reward_scores(a.reward_model, s.input_ids, s.attention_mask) for s in parts]) \
+    rm = torch.cat([RewardModelScorer(a.reward_model)(s) for s in parts]) \
         if a.reward_model is not None else None
     out = {"gold": gold_scores(texts).mean().item(), "rm": None if rm is None else rm.mean().item(),
            "ended": torch.cat([s.ended for s in parts]).float().mean().item(), "texts": texts[:12]}

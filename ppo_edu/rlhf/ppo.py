@@ -149,7 +149,7 @@ class PPORLHF(LMTrainer):
             params = list(policy.parameters()) + list(self.critic.parameters())
         else:
             self.critic, params = None, list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5, fused=True)
         self.kl_ctl = kl_controller(cfg)
 
     # ------------------------------------------------------------ one iteration
@@ -211,7 +211,7 @@ class PPORLHF(LMTrainer):
         loss.backward()
         params = self.optimizer.param_groups[0]["params"]
         distributed.average_grads_(params)                             # data-parallel: mean over ranks
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                  "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),

@@ -23,7 +23,7 @@ from ..progress import progress
 from .policy import Samples, position_ids
 
 __all__ = ["gold_scores", "PreferencePairs", "label_pairs", "bradley_terry_loss", "new_reward_model",
-           "reward_scores", "train_reward_model", "pair_accuracy", "normalize_reward_model"]
+           "reward_scores", "score_last_token", "train_reward_model", "pair_accuracy", "normalize_reward_model"]
 
 _VADER = None
 
@@ -96,6 +96,12 @@ def reward_scores(rm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     """r_phi of each sequence, read at its last real token (the end token when there is one): ``(B,)``."""
     h = rm.transformer(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids(attention_mask)).last_hidden_state
+    return score_last_token(rm, h, attention_mask)
+
+
+def score_last_token(rm, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward model's head on each row's last real token of its hidden states ``h`` ``(B, T, C)``,
+    in the normalised units of eq. 9.2: ``(B,)``."""
     width = attention_mask.shape[1]
     last = width - 1 - attention_mask.flip(1).long().argmax(1)       # rightmost 1 in each row
     h_last = h[torch.arange(h.shape[0], device=h.device), last]       # (B, C)
