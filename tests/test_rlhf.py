@@ -351,6 +351,26 @@ def test_without_max_update_kl_the_statistics_are_unchanged(assets):
     assert not {"update_kl", "n_minibatch_steps", "early_stop"} & set(stats)
 
 
+def _exact_kl_to(model, ref, s):
+    """KL(model || ref) per response token, over the whole vocabulary, on the samples ``s``."""
+    with torch.no_grad():
+        new = policy.response_logprobs(model, s, with_dist=True)["logp_all"]
+        old = policy.response_logprobs(ref, s, with_dist=True)["logp_all"]
+    m = s.response_mask.bool()
+    return update_kl(new[m], old[m]).item()
+
+
+def test_ref_kl_loss_reports_the_exact_kl_and_holds_the_policy_near_the_reference(assets):
+    runs = {c: _ppo(assets, lr=1e-2, ref_kl_coef=c) for c in (0.0, 3.0)}
+    hist = {c: t.train(3, progress_bar=False) for c, t in runs.items()}
+    assert "ref_kl" not in hist[0.0][0]                                   # off: nothing new is computed or logged
+    probe = runs[0.0].prompts.draw(16)
+    s = policy.sample(assets.policy, *probe, 12, runs[0.0].prompts.eos_id, runs[0.0].prompts.pad_id, 1.0,
+               torch.Generator().manual_seed(5))
+    far, near = (_exact_kl_to(runs[c].model, assets.policy, s) for c in (0.0, 3.0))
+    assert near < 0.5 * far, (near, far)
+
+
 def test_ppo_is_deterministic_under_a_seed(assets):
     a, b = _ppo(assets).train(2, progress_bar=False), _ppo(assets).train(2, progress_bar=False)
     keys = ("score", "kl", "policy_loss", "value_loss", "entropy")
@@ -502,6 +522,7 @@ def test_tokenizer_without_a_distinct_pad_token_is_rejected(assets):
     ("lr", "fast", "RLHFConfig.lr='fast' is invalid: allowed values are a number > 0"),
     ("critic", "both", "RLHFConfig.critic='both' is invalid: allowed values are 'shared' and 'separate'"),
     ("max_update_kl", 0.0, "RLHFConfig.max_update_kl=0.0 is invalid: allowed values are None or a number > 0"),
+    ("ref_kl_coef", -1.0, "RLHFConfig.ref_kl_coef=-1.0 is invalid: allowed values are a number >= 0"),
 ])
 def test_rlhf_config_names_field_value_and_range(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -63,13 +63,14 @@ class RLHFConfig:
     critic: Literal["shared", "separate"] = "shared"  #: value head on the policy trunk, or its own model
     max_grad_norm: float = 1.0      #: gradient-norm clip
     max_update_kl: float | None = None  #: end the epochs once a minibatch's exact KL(pi || pi_old) per token exceeds this
+    ref_kl_coef: float = 0.0        #: weight of eq. 10.5's loss term, the exact KL(pi || pi_ref) per token
 
     def __post_init__(self):
         C.integers(self, "batch_size", "max_new_tokens", "n_epochs", "n_minibatches", "kl_horizon")
         C.divides(self, "n_minibatches", self.batch_size, "batch_size")
         C.numbers(self, C.POSITIVE, "temperature", "lr", "clip_eps", "adaptive_kl_target", "max_grad_norm")
         C.numbers(self, C.UNIT_INTERVAL, "gamma", "lam")
-        C.numbers(self, C.NON_NEGATIVE, "kl_coef", "vf_coef", "missing_eos_penalty")
+        C.numbers(self, C.NON_NEGATIVE, "kl_coef", "vf_coef", "missing_eos_penalty", "ref_kl_coef")
         C.optional_numbers(self, C.POSITIVE, "vf_clip", "max_update_kl")
         C.choice(self, "critic", ("shared", "separate"))
 
@@ -163,10 +164,10 @@ class PPORLHF(LMTrainer):
         with torch.no_grad():
             old = response_logprobs(self.model, s, cfg.temperature, with_dist=cfg.max_update_kl is not None)
             values = self.critic(s) if self.critic else old["values"]
-            ref_logp = response_logprobs(self.ref, s, cfg.temperature)["logp"]
+            ref = response_logprobs(self.ref, s, cfg.temperature, with_dist=cfg.ref_kl_coef > 0)
             raw, score = self.score(s)
             # --- shape rewards, GAE over tokens
-            rewards, kl = shaped_rewards(score, old["logp"], ref_logp, mask, self.kl_ctl.value)
+            rewards, kl = shaped_rewards(score, old["logp"], ref["logp"], mask, self.kl_ctl.value)
             if cfg.whiten_rewards:
                 rewards = masked_whiten(rewards, mask, shift_mean=False)
             adv, returns = token_gae(rewards, values, mask, cfg.gamma, cfg.lam)
@@ -175,7 +176,7 @@ class PPORLHF(LMTrainer):
         t_score = time.perf_counter()
         # --- update: epochs of minibatches
         stats = self.update(s, mask, logp_old=old["logp"], values_old=values, adv=adv, returns=returns,
-                            dist_old=old.get("logp_all"))
+                            dist_old=old.get("logp_all"), dist_ref=ref.get("logp_all"))
         if cfg.max_update_kl is not None:
             stats.update(n_minibatch_steps=self.last_update_steps, early_stop=self.last_update_stopped)
         kl_seq = self._mean_over_ranks(kl.sum(1).mean())
@@ -194,16 +195,22 @@ class PPORLHF(LMTrainer):
             return torch.randperm(n, generator=self.gen, device=self.device)
         return torch.randperm(n, generator=self.gen)
 
-    def minibatch_step(self, s: Samples, mask, logp_old, values_old, adv, returns, dist_old=None) -> dict:
+    def minibatch_step(self, s: Samples, mask, logp_old, values_old, adv, returns, dist_old=None,
+                       dist_ref=None) -> dict:
         """One gradient step on a minibatch of ``(b, w)`` tokens: Chapter 5's clipped surrogate (eq. 5.3) and
         Chapter 6's clipped value loss (eq. 6.1), both over the real tokens (``mask``). With ``dist_old``,
-        pi_old's log-probs of the whole vocabulary ``(b, w, V)``, it also reports ``update_kl``."""
+        pi_old's log-probs of the whole vocabulary ``(b, w, V)``, it also reports ``update_kl``; with
+        ``dist_ref``, the reference's, it adds ``ref_kl_coef`` times the exact KL(pi || pi_ref) (eq. 10.5)."""
         cfg, m = self.cfg, mask.bool()
-        out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True, with_dist=dist_old is not None)
+        out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True,
+                                with_dist=dist_old is not None or dist_ref is not None)
         values = self.critic(s) if self.critic else out["values"]
         pg_loss, info = clipped_surrogate_loss(out["logp"][m], logp_old[m], adv[m], cfg.clip_eps)
         vf_loss = value_loss(values[m], returns[m], values_old[m], cfg.vf_clip)
         loss = pg_loss + cfg.vf_coef * vf_loss
+        if dist_ref is not None:
+            ref_kl = update_kl(out["logp_all"][m], dist_ref[m])       # the same sum over the vocabulary, to pi_ref
+            loss = loss + cfg.ref_kl_coef * ref_kl
         if not torch.isfinite(loss):
             raise FloatingPointError(f"iteration {self.iteration}: loss is {loss.item()} "
                                      f"(policy {pg_loss.item()}, value {vf_loss.item()})")
@@ -216,6 +223,8 @@ class PPORLHF(LMTrainer):
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                  "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),
                  "clip_fraction": info["clip_fraction"].item()}
+        if dist_ref is not None:
+            stats["ref_kl"] = ref_kl.item()
         if dist_old is not None:
             stats["update_kl"] = update_kl(out["logp_all"].detach()[m], dist_old[m]).item()
         return stats
