@@ -187,7 +187,7 @@ class PPORLHF(LMTrainer):
                      time_update=time.perf_counter() - t_score, time_iter=time.perf_counter() - t0)
         self.kl_ctl.update(kl_seq, cfg.batch_size)
         self.iteration += 1
-        self.last_samples = s
+        self.last_samples, self.last_kl = s, kl     # the batch and its per-token k1 (B, R), for callbacks
         return stats
 
     def minibatch_order(self, n: int) -> torch.Tensor:
