@@ -272,9 +272,13 @@ def _ppo(assets, **cfg):
 
 
 def test_kl_is_zero_before_the_first_update(assets):
-    stats = _ppo(assets).step()
+    t = _ppo(assets)
+    stats = t.step()
     assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0
     assert stats["approx_kl"] > 0                                        # the policy did move during the update
+    second = t.step()                                                    # last_kl: that batch's per-token k1
+    assert t.last_kl.shape == t.last_samples.response.shape and (t.last_kl * (1 - t.last_samples.response_mask)).abs().max() == 0
+    assert second["kl"] > 0 and t.last_kl.sum(1).mean().item() == pytest.approx(second["kl"], rel=1e-6)
 
 
 def test_a_few_ppo_iterations_raise_the_reward(assets):
