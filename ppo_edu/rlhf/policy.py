@@ -121,11 +121,12 @@ def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
 
 
 def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy: bool = False,
-                      with_dist: bool = False):
+                      with_dist: bool | str = False):
     """log pi(a_t | s_t) of every response token at ``temperature``: ``(B, R)``, 0 on pads; plus values if
     the model has a value head (``PolicyWithValue``), the entropy if asked, and with ``with_dist`` the
-    log-probs of the whole vocabulary at every response state, ``logp_all``: ``(B, R, V)``. The
-    vocabulary head runs on the real response tokens only (``m``)."""
+    log-probs of the whole vocabulary at every response state, ``logp_all``: ``(B, R, V)``, or with
+    ``with_dist="real"`` at the n real response tokens only, ``(n, V)`` in the order of ``response_mask``.
+    The vocabulary head runs on the real response tokens only (``m``)."""
     P, m = s.query.shape[1], s.response_mask.bool()
     h = last_hidden_state(trunk(model), s.input_ids, s.attention_mask)
     h_act = h[:, P - 1:-1]                                            # (B, R, C): states before each token
@@ -138,7 +139,7 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
     if with_entropy:
         out["entropy"] = unpack(-(logp_all.exp() * logp_all).sum(-1), m)
     if with_dist:
-        out["logp_all"] = unpack(logp_all, m)
+        out["logp_all"] = logp_all if with_dist == "real" else unpack(logp_all, m)
     return out
 
 

@@ -203,13 +203,14 @@ class PPORLHF(LMTrainer):
         ``dist_ref``, the reference's, it adds ``ref_kl_coef`` times the exact KL(pi || pi_ref) (eq. 10.5)."""
         cfg, m = self.cfg, mask.bool()
         out = response_logprobs(self.model, s, cfg.temperature, with_entropy=True,
-                                with_dist=dist_old is not None or dist_ref is not None)
+                                with_dist="real" if dist_old is not None or dist_ref is not None else False)
         values = self.critic(s) if self.critic else out["values"]
         pg_loss, info = clipped_surrogate_loss(out["logp"][m], logp_old[m], adv[m], cfg.clip_eps)
         vf_loss = value_loss(values[m], returns[m], values_old[m], cfg.vf_clip)
         loss = pg_loss + cfg.vf_coef * vf_loss
+        logp_all = out.get("logp_all")                                # (n, V) at the real tokens
         if dist_ref is not None:
-            ref_kl = update_kl(out["logp_all"][m], dist_ref[m])       # the same sum over the vocabulary, to pi_ref
+            ref_kl = update_kl(logp_all, dist_ref[m])                   # the same sum over the vocabulary, to pi_ref
             loss = loss + cfg.ref_kl_coef * ref_kl
         if not torch.isfinite(loss):
             raise FloatingPointError(f"iteration {self.iteration}: loss is {loss.item()} "
@@ -226,7 +227,7 @@ class PPORLHF(LMTrainer):
         if dist_ref is not None:
             stats["ref_kl"] = ref_kl.item()
         if dist_old is not None:
-            stats["update_kl"] = update_kl(out["logp_all"].detach()[m], dist_old[m]).item()
+            stats["update_kl"] = update_kl(logp_all.detach(), dist_old[m]).item()
         return stats
 
     def stop_early(self, info: dict) -> bool:
