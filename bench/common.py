@@ -24,15 +24,49 @@ def greedy_eval(predict, env_id: str, n_episodes: int, seed: int) -> float:
     return float(totals.mean())
 
 
-class EvalClock:
-    """Evaluates every ``every`` env steps; accumulates evaluation time so it can be excluded."""
+class Ceiling:
+    """The vectorised env alone (the ceiling of training throughput), measured in slices *between*
+    training iterations: each ``measure()`` steps a separate copy with the same ``n_envs`` ``calls``
+    times with random actions. A measurement taken once after a run missed the machine's drift during
+    it (on this VM the env alone moved between 210k and 414k steps/s within an hour); slices spread
+    over the run see the same machine that training saw. Slices of 32 calls read 7% slower than a
+    long loop (each starts with cold caches, which flatters the ratio); 256 calls read within 3% of it."""
 
-    def __init__(self, predict, env_id, every, n_episodes, seed):
+    def __init__(self, env_id: str, n_envs: int, seed: int, calls: int = 256):
+        from ppo_edu.rollout import make_vec_env
+
+        self.env, self.n_envs, self.calls = make_vec_env(env_id, n_envs), n_envs, calls
+        self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.actions = [self.env.action_space.sample() for _ in range(64)]
+        self.steps, self.seconds, self.i = 0, 0.0, 0
+
+    def measure(self) -> None:
+        t0 = time.perf_counter()
+        for _ in range(self.calls):
+            self.env.step(self.actions[self.i % 64])
+            self.i += 1
+        self.seconds += time.perf_counter() - t0
+        self.steps += self.calls * self.n_envs
+
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds
+
+
+class EvalClock:
+    """Evaluates every ``every`` env steps and measures the :class:`Ceiling` once per call (once per
+    training iteration); accumulates the time of both so it can be excluded from training time."""
+
+    def __init__(self, predict, env_id, every, n_episodes, seed, n_envs):
         self.predict, self.env_id, self.every, self.n, self.seed = predict, env_id, every, n_episodes, seed
         self.next_at, self.eval_time, self.points = every, 0.0, []  # (steps, train_seconds, mean)
+        self.ceiling = Ceiling(env_id, n_envs, seed)
         self.start = time.perf_counter()
 
     def maybe_eval(self, steps: int) -> None:
+        t_ceiling = time.perf_counter()
+        self.ceiling.measure()
+        self.eval_time += time.perf_counter() - t_ceiling
         while steps >= self.next_at:
             t0 = time.perf_counter()
             train_seconds = t0 - self.start - self.eval_time
@@ -75,18 +109,16 @@ def report(results: dict, threshold: float, budget: int, peer: str = "SB3-Zoo") 
             print(f"ratio {peer} / {lib}, median training time for the whole {budget}-step budget: {fb / fa:.2f}x")
 
 
-from ppo_edu.throughput import raw_env_throughput  # noqa: E402  (the ceiling: the vector env alone)
-
 
 def run_ppo_edu(env_id, config, seed, budget, every, n_eval):
     """Train ppo_edu with ``config``, evaluating on the side."""
     from ppo_edu import PPO
 
     agent = PPO(env_id, config, seed=seed)
-    clock = EvalClock(lambda o: agent.predict(o)[0], env_id, every, n_eval, 1000 * seed)
+    clock = EvalClock(lambda o: agent.predict(o)[0], env_id, every, n_eval, 1000 * seed, config.n_envs)
     agent.learn(budget, callback=lambda a, row: clock.maybe_eval(a.num_timesteps))
     return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time,
-            "n_envs": config.n_envs}
+            "n_envs": config.n_envs, "raw_env_sps": clock.ceiling.steps_per_second()}
 
 
 def run_sb3(env_id, seed, budget, every, n_eval, n_envs, normalize=False, **ppo_kwargs):
@@ -103,7 +135,7 @@ def run_sb3(env_id, seed, budget, every, n_eval, n_envs, normalize=False, **ppo_
     model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", **ppo_kwargs)
     scale = env.normalize_obs if normalize else (lambda o: o)
     clock = EvalClock(lambda o: model.predict(scale(o), deterministic=True)[0], env_id, every, n_eval,
-                      1000 * seed)
+                      1000 * seed, n_envs)
 
     class Every(BaseCallback):
         def _on_rollout_end(self) -> None:
@@ -115,7 +147,7 @@ def run_sb3(env_id, seed, budget, every, n_eval, n_envs, normalize=False, **ppo_
     clock.start = time.perf_counter()
     model.learn(budget, callback=Every())
     return {"points": clock.points, "train_seconds": time.perf_counter() - clock.start - clock.eval_time,
-            "n_envs": n_envs}
+            "n_envs": n_envs, "raw_env_sps": clock.ceiling.steps_per_second()}
 
 
 def linear(v):
@@ -157,7 +189,6 @@ def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_epi
     for seed in range(args.seeds):
         for lib, fn in runners.items():  # alternate, so drift in machine load hits all alike
             r = fn(seed)
-            r["raw_env_sps"] = raw_env_throughput(env_id, r["n_envs"])  # the ceiling, measured right after
             results[lib].append(r)
             evals = " ".join(f"{m:.0f}" for _, _, m in r["points"])
             print(f"seed {seed} {lib:11s} train {r['train_seconds']:6.2f} s | evals every {args.every}: {evals}",
@@ -167,8 +198,8 @@ def main(env_id, threshold, sb3_n_envs, sb3_kwargs, doc, budget, every, eval_epi
 
 
 def print_throughput(results, budget):
-    """Env steps/s while training against the vectorised env alone with the same n_envs, each
-    measured right after each run (the machine's speed drifts): medians over the runs."""
+    """Env steps/s while training against the vectorised env alone with the same n_envs, measured in
+    slices between the same run's iterations (:class:`Ceiling`): medians over the runs."""
     for lib, runs in results.items():
         sps = np.median([budget / r["train_seconds"] for r in runs])
         raw = np.median([r["raw_env_sps"] for r in runs])

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RunningMeanStd", "RewardScaler", "merge_moments"]
+__all__ = ["RunningMeanStd", "RewardScaler", "merge_moments", "mean_std"]
+
+
+def mean_std(x: np.ndarray):
+    """``(x.mean(), x.std())`` of a 1-d array, bit for bit, in about a third of the time: the same
+    sums and divisions without ``np.std``'s per-call overhead (it costs ~10 us, as much as the
+    arithmetic on a PPO minibatch of advantages). ``tests/test_normalization.py`` checks equality."""
+    n = x.size
+    mean = np.add.reduce(x) / n
+    d = x - mean
+    np.multiply(d, d, out=d)
+    return mean, np.sqrt(np.add.reduce(d) / n)
 
 
 def merge_moments(mean, var, count, batch_mean, batch_var, batch_count):

@@ -22,7 +22,7 @@ from . import config as C
 from .engines import Engine, make_engine
 from .gae import compute_gae
 from .networks import ActorCritic
-from .normalization import RewardScaler, RunningMeanStd
+from .normalization import RewardScaler, RunningMeanStd, mean_std
 from .progress import progress as _progress
 from .rollout import RolloutBuffer, RolloutCollector, as_vec_env, env_form, env_name
 from .tblog import tb_writer
@@ -93,15 +93,17 @@ class PPOConfig:
 
 # Tuned presets: what ``PPO(env_id)`` and ``ppo-edu train ENV_ID`` use, each chosen for training
 # wall time to a stable solve against Stable-Baselines3 with the RL-Zoo settings (bench/*.py),
-# over 6-10 seeds, one thread. CartPole: 16 envs x 32 steps, 5 epochs of 2 minibatches of 256,
-# lr 5e-3 annealed; it solves in about 20k env steps, with half the update cost per env step of
-# 10 epochs of 4 minibatches of 128 (which solves in fewer steps but not sooner). Acrobot keeps the
+# over 6-20 seeds, one thread. CartPole: 16 envs x 64 steps, 4 epochs of 2 minibatches of 512,
+# lr 1e-2 annealed: 8 gradient steps per 1024 env steps. On seeds 0-19 it solved 20 of 20 (median
+# 31k env steps, 0.42 s), where 16 x 32 steps with 5 epochs of 2 x 256 at lr 5e-3 solved 19 of 20
+# in fewer steps (25k) but no sooner (0.42 s), its 20 steps per 1024 costing 30% more time per env
+# step; fewer, larger minibatches pay the fixed cost of a gradient step less often. Acrobot keeps the
 # RL-Zoo discounts and normalisation with shorter rollouts (16 x 64 steps) and 4 minibatches of
 # 256 at constant lr 1e-3. Pendulum: 8 envs x 512 steps, 10 epochs of 16 minibatches of 256,
 # lr 2e-3, gamma 0.95 and scaled rewards (the Zoo's 4 x 1024, minibatches of 64 and gamma 0.9
 # failed 1 seed in 5 without gSDE, and took longer on the others).
 PRESETS: dict[str, tuple[PPOConfig, int]] = {
-    "CartPole-v1": (PPOConfig(n_envs=16, n_steps=32, n_epochs=5, n_minibatches=2, lr=5e-3), 100_000),
+    "CartPole-v1": (PPOConfig(n_envs=16, n_steps=64, n_epochs=4, n_minibatches=2, lr=1e-2), 100_000),
     "Acrobot-v1": (PPOConfig(n_envs=16, n_steps=64, n_epochs=4, n_minibatches=4, lr=1e-3,
                              anneal_lr=False, gamma=0.99, lam=0.94, norm_obs=True, norm_reward=True), 200_000),
     "Pendulum-v1": (PPOConfig(n_envs=8, n_steps=512, n_epochs=10, n_minibatches=16, lr=2e-3,
@@ -131,6 +133,14 @@ def preset(env_id: str) -> tuple[PPOConfig, int]:
 
 
 _NOTIFIED: set = set()  # envs already told that they have no preset
+
+
+def _split(perm: np.ndarray, k: int) -> list[np.ndarray]:
+    """``np.array_split(perm, k)`` as views, without its ~5 us of set-up: the first ``len % k``
+    minibatches are one longer."""
+    q, r = divmod(len(perm), k)
+    bounds = [i * q + min(i, r) for i in range(k + 1)]
+    return [perm[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _notify_no_preset(name: str) -> None:
@@ -307,7 +317,7 @@ class PPO:
         full_batch = cfg.n_minibatches == 1  # order is irrelevant: skip shuffling and copying
         self._adv_stats = None  # (mean, std) of this rollout's full batch, once computed
         for epoch in range(cfg.n_epochs):
-            batches = [slice(None)] if full_batch else np.array_split(self.rng.permutation(n), cfg.n_minibatches)
+            batches = [slice(None)] if full_batch else _split(self.rng.permutation(n), cfg.n_minibatches)
             for mb in batches:
                 adv = b_adv[mb]
                 if len(adv) == 0:
@@ -334,7 +344,7 @@ class PPO:
         if cache and self._adv_stats is not None:
             mean, std = self._adv_stats
         else:
-            mean, std = distributed.global_mean_std(adv) if self.dist.enabled else (adv.mean(), adv.std())
+            mean, std = distributed.global_mean_std(adv) if self.dist.enabled else mean_std(adv)
             self._adv_stats = (mean, std) if cache else None
         return (adv - mean) / (std + 1e-8)
 

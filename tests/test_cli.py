@@ -16,7 +16,7 @@ from ppo_edu import PPO
 from ppo_edu.cli import build_parser, main, train
 from ppo_edu.runfolder import RunLock
 
-FAST = ["--n-envs", "8", "--n-epochs", "2", "--eval-episodes", "2", "--no-progress"]  # 8 x 32 = 256 steps per update
+FAST = ["--n-envs", "8", "--n-steps", "32", "--n-epochs", "2", "--eval-episodes", "2", "--no-progress"]  # 8 x 32 = 256 steps per update
 
 
 def _run(tmp_path, *extra, out="run"):

@@ -97,3 +97,16 @@ def test_state_dict_round_trip(rng):
     np.testing.assert_array_equal(b.mean, c.mean)
     np.testing.assert_array_equal(b.var, c.var)
     assert b.count == c.count == pytest.approx(state["count"] + 9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_mean_std_is_numpys_bit_for_bit(n, dtype, seed):
+    """The fast whitening statistics change no result: the same values and dtype as x.mean(), x.std()."""
+    from ppo_edu.normalization import mean_std
+
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(rng.uniform(-50, 50), rng.uniform(0.01, 100), n)).astype(dtype)
+    mean, std = mean_std(x)
+    assert mean == x.mean() and std == x.std()
+    assert mean.dtype == x.mean().dtype and std.dtype == x.std().dtype

@@ -238,7 +238,7 @@ def test_presets_are_valid_and_cover_the_book_envs():
     cfg = RL_ZOO["CartPole-v1"][0]  # RL-Zoo CartPole settings, kept for the engine comparison
     assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.batch_size, cfg.gamma, cfg.lam) == (8, 32, 20, 256, 0.98, 0.8)
     cfg = preset("CartPole-v1")[0]  # the default: chosen for time to solve (bench/cartpole.py)
-    assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.minibatch_size, cfg.lr) == (16, 32, 5, 256, 5e-3)
+    assert (cfg.n_envs, cfg.n_steps, cfg.n_epochs, cfg.minibatch_size, cfg.lr) == (16, 64, 4, 512, 1e-2)
     assert PPO("CartPole-v1").config == cfg
 
 
@@ -352,3 +352,15 @@ def test_torch_optimiser_state_of_the_wrong_size(tmp_path):
 def test_predict_rejects_what_a_policy_cannot_act_on(obs, match):
     with pytest.raises(ValueError, match=match):
         PPO("CartPole-v1", SMALL).predict(obs)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 255, 256, 512, 513])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_minibatch_split_is_array_split(n, k):
+    """PPO.update's minibatches are np.array_split's, boundaries and all (n varies with NEXT_STEP resets)."""
+    from ppo_edu.ppo import _split
+
+    perm = np.random.default_rng(n).permutation(n)
+    got, want = _split(perm, k), np.array_split(perm, k)
+    assert len(got) == len(want) == k
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
