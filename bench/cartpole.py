@@ -4,7 +4,7 @@ and ppo_edu's default preset against SB3 with the Zoo's.
 SB3-Zoo and ppo_edu-Zoo: 8 envs x 32 steps (batch 256, one minibatch), 20 epochs, gamma 0.98,
 lambda 0.8, lr 1e-3 and clip 0.2 both decayed linearly, no entropy bonus, 64-64 tanh MLPs
 (ppo_edu.ppo.RL_ZOO["CartPole-v1"]). ppo_edu: the default preset, PRESETS["CartPole-v1"]
-(16 envs x 32 steps, 5 epochs of 2 minibatches of 256, lr 5e-3 annealed, gamma 0.99,
+(16 envs x 64 steps, 4 epochs of 2 minibatches of 512, lr 1e-2 annealed, gamma 0.99,
 lambda 0.95). One thread each; runs alternate seed by seed. Every 5k env steps each agent is
 evaluated greedily on 20 fresh episodes, outside the training clock. "Solved" = the evaluation
 mean reaches 475 and stays >= 475 at every later evaluation up to the budget (the same for all).
