@@ -30,6 +30,7 @@ def test_a_callback_reaches_every_update():
     def mark(agent, row):
         row["marked"] = True
 
-    (history, _), = train_seeds("CartPole-v1", {"preset": {}}, [0], 1024, callback=mark, n_eval=1,
+    budget = 2 * PRESETS["CartPole-v1"][0].batch_size  # two updates of the preset
+    (history, _), = train_seeds("CartPole-v1", {"preset": {}}, [0], budget, callback=mark, n_eval=1,
                                 progress_bar=False)["preset"]
     assert len(history) == 2 and all(row["marked"] for row in history)

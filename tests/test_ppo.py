@@ -248,7 +248,7 @@ def test_cli_train_writes_a_run_folder_and_eval_reloads_it(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "1024", "--out", str(out), "--no-progress",
-                 "--n-epochs", "2", "--eval-episodes", "3"]) == 0
+                 "--n-steps", "32", "--n-epochs", "2", "--eval-episodes", "3"]) == 0  # 16 envs x 32 steps
     assert sorted(os.listdir(out)) == ["config.json", "eval.json", "learning_curve.png", "metrics.csv", "model.pt",
                                        "status.json"]
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
