@@ -26,28 +26,30 @@ def greedy_eval(predict, env_id: str, n_episodes: int, seed: int) -> float:
 
 class Ceiling:
     """The vectorised env alone (the ceiling of training throughput), measured in slices *between*
-    training iterations: each ``measure()`` steps a separate copy with the same ``n_envs`` ``calls``
-    times with random actions. A measurement taken once after a run missed the machine's drift during
-    it (on this VM the env alone moved between 210k and 414k steps/s within an hour); slices spread
-    over the run see the same machine that training saw. Slices of 32 calls read 7% slower than a
-    long loop (each starts with cold caches, which flatters the ratio); 256 calls read within 3% of it."""
+    training iterations: each ``measure()`` steps a separate copy with the same ``n_envs`` with random
+    actions for at least ``seconds`` (and 32 calls). A measurement taken once after a run missed the
+    machine's drift during it (on this VM the env alone moved between 210k and 414k steps/s within an
+    hour); slices spread over the run see the same machine that training saw. Each slice starts with
+    cold caches: on CartPole slices of 32 calls (1.5 ms) read 7% slower than a long loop, which
+    flatters the ratio, and slices of 256 calls (13 ms) within 3% of it."""
 
-    def __init__(self, env_id: str, n_envs: int, seed: int, calls: int = 256):
+    def __init__(self, env_id: str, n_envs: int, seed: int, seconds: float = 0.01):
         from ppo_edu.rollout import make_vec_env
 
-        self.env, self.n_envs, self.calls = make_vec_env(env_id, n_envs), n_envs, calls
+        self.env, self.n_envs, self.slice = make_vec_env(env_id, n_envs), n_envs, seconds
         self.env.reset(seed=seed)
         self.env.action_space.seed(seed)
         self.actions = [self.env.action_space.sample() for _ in range(64)]
         self.steps, self.seconds, self.i = 0, 0.0, 0
 
     def measure(self) -> None:
-        t0 = time.perf_counter()
-        for _ in range(self.calls):
+        t0 = now = time.perf_counter()
+        calls = 0
+        while calls < 32 or now - t0 < self.slice:
             self.env.step(self.actions[self.i % 64])
-            self.i += 1
-        self.seconds += time.perf_counter() - t0
-        self.steps += self.calls * self.n_envs
+            self.i, calls, now = self.i + 1, calls + 1, time.perf_counter()
+        self.seconds += now - t0
+        self.steps += calls * self.n_envs
 
     def steps_per_second(self) -> float:
         return self.steps / self.seconds
