@@ -34,15 +34,14 @@ class Ceiling:
     flatters the ratio, and slices of 256 calls (13 ms) within 3% of it."""
 
     def __init__(self, env_id: str, n_envs: int, seed: int, seconds: float = 0.01):
-        from ppo_edu.rollout import make_vec_env
+        from ppo_edu.throughput import random_action_env
 
-        self.env, self.n_envs, self.slice = make_vec_env(env_id, n_envs), n_envs, seconds
-        self.env.reset(seed=seed)
-        self.env.action_space.seed(seed)
-        self.actions = [self.env.action_space.sample() for _ in range(64)]
+        self.env, self.actions = random_action_env(env_id, n_envs, seed)
+        self.n_envs, self.slice = n_envs, seconds
         self.steps, self.seconds, self.i = 0, 0.0, 0
 
-    def measure(self) -> None:
+    def measure(self) -> float:
+        """One slice; returns its seconds (the caller keeps them out of training time)."""
         t0 = now = time.perf_counter()
         calls = 0
         while calls < 32 or now - t0 < self.slice:
@@ -50,6 +49,7 @@ class Ceiling:
             self.i, calls, now = self.i + 1, calls + 1, time.perf_counter()
         self.seconds += now - t0
         self.steps += calls * self.n_envs
+        return now - t0
 
     def steps_per_second(self) -> float:
         return self.steps / self.seconds
@@ -66,9 +66,7 @@ class EvalClock:
         self.start = time.perf_counter()
 
     def maybe_eval(self, steps: int) -> None:
-        t_ceiling = time.perf_counter()
-        self.ceiling.measure()
-        self.eval_time += time.perf_counter() - t_ceiling
+        self.eval_time += self.ceiling.measure()
         while steps >= self.next_at:
             t0 = time.perf_counter()
             train_seconds = t0 - self.start - self.eval_time

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["raw_env_throughput", "ppo_throughput"]
+__all__ = ["random_action_env", "raw_env_throughput", "ppo_throughput"]
+
+
+def random_action_env(env_id: str, n_envs: int, seed: int = 0):
+    """``(env, actions)``: ``make_vec_env(env_id, n_envs)`` reset with ``seed``, and 64 random actions
+    drawn ahead to cycle through (drawing one per step would time the action sampler too)."""
+    from ppo_edu.rollout import make_vec_env
+
+    env = make_vec_env(env_id, n_envs)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env, [env.action_space.sample() for _ in range(64)]
 
 
 def raw_env_throughput(env_id: str, n_envs: int, steps: int = 20_000) -> float:
     """Environment steps per second of ``make_vec_env(env_id, n_envs)`` alone, random actions."""
-    from ppo_edu.rollout import make_vec_env
-
-    env = make_vec_env(env_id, n_envs)
-    env.reset(seed=0)
-    env.action_space.seed(0)
-    actions = [env.action_space.sample() for _ in range(64)]
+    env, actions = random_action_env(env_id, n_envs)
     t0 = time.perf_counter()
     for i in range(steps // n_envs):
         env.step(actions[i % 64])
