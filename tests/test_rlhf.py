@@ -224,6 +224,63 @@ def test_sampler_writes_the_same_tokens_with_or_without_the_packed_decoder(asset
     assert torch.equal(fast.response, own.response) and fast.ended.any() and not fast.ended.all()
 
 
+def _wanted_positions(s, seed=0):
+    """Three ``at`` masks: the states before each real response token, each row's last real token, and a
+    random subset of the real tokens."""
+    mask = s.attention_mask.bool()
+    last = torch.zeros_like(mask)
+    last[torch.arange(len(mask)), reward.last_real(s.attention_mask)] = True
+    some = mask & (torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed)) < 0.3)
+    return {"response states": policy.response_states(s), "last token": last, "random subset": some}
+
+
+def test_the_packed_trunk_at_chosen_positions_gives_the_full_passs_numbers_bit_for_bit(assets, monkeypatch):
+    """``packed_hidden_states(..., at=...)`` leaves out the tokens after each row's last wanted position and
+    runs the last block at the wanted rows only: the same numbers there, bit for bit, in row-major order;
+    a trunk it cannot pack runs whole and is indexed the same way."""
+    s, body = _padded_batch(assets, n=16), assets.policy.transformer
+    ids, mask, pos = s.input_ids, s.attention_mask, policy.position_ids(s.attention_mask)
+    with torch.no_grad():
+        full = policy.packed_hidden_states(body, ids, mask, pos)
+        for name, at in _wanted_positions(s).items():
+            assert at.any() and not at.all(), name
+            part = policy.packed_hidden_states(body, ids, mask, pos, at=at)
+            assert part.shape == (int(at.sum()), body.config.n_embd), name
+            assert torch.equal(part, full[at]), name
+        monkeypatch.setattr(policy, "packable", lambda body: False)
+        at = policy.response_states(s)
+        torch.testing.assert_close(policy.packed_hidden_states(body, ids, mask, pos, at=at), full[at])
+
+
+@pytest.mark.parametrize("bad, message", [("pad", "must be a real token"), ("none", "selects no position")])
+def test_the_packed_trunk_refuses_positions_it_cannot_give(assets, bad, message):
+    s, body = _padded_batch(assets), assets.policy.transformer
+    mask = s.attention_mask
+    at = ~mask.bool() if bad == "pad" else torch.zeros_like(mask, dtype=torch.bool)
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        policy.packed_hidden_states(body, s.input_ids, mask, policy.position_ids(mask), at=at)
+
+
+def test_log_probs_and_values_without_gradients_equal_those_with_them(assets):
+    """Without gradients response_logprobs and the critic run only the states they need: the same log-probs,
+    entropies, whole-vocabulary log-probs and values at every real token as the whole pass that training takes."""
+    s = _padded_batch(assets, n=16)
+    m = s.response_mask.bool()
+    model = policy.PolicyWithValue(copy.deepcopy(assets.policy)).eval()
+    torch.nn.init.normal_(model.value_head.weight, generator=torch.Generator().manual_seed(0))
+    critic = policy.Critic(copy.deepcopy(assets.policy.transformer)).eval()
+    torch.nn.init.normal_(critic.value_head.weight, generator=torch.Generator().manual_seed(1))
+    run = lambda: (policy.response_logprobs(model, s, 0.7, with_entropy=True, with_dist="real"), critic(s))
+    with_grad = run()
+    with torch.no_grad():
+        without = run()
+    for key in ("logp", "entropy", "logp_all", "values"):
+        assert torch.equal(without[0][key], with_grad[0][key].detach()) if key == "logp_all" else \
+            torch.equal(without[0][key][m], with_grad[0][key].detach()[m]), key
+    assert torch.equal(without[1][m], with_grad[1].detach()[m])
+    assert with_grad[0]["logp"].requires_grad and with_grad[1].requires_grad
+
+
 def test_the_trainers_reward_scorer_gives_reward_scores_numbers(assets):
     s = _padded_batch(assets)
     with torch.no_grad():

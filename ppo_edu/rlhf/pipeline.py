@@ -42,8 +42,8 @@ from .memory import measure_trainer
 from .models import SIZES, count_parameters, new_lm, pretrain
 from .policy import encode_prompts, last_hidden_state, response_logprobs, sample
 from .ppo import PPORLHF, RLHFConfig
-from .reward import (gold_scores, label_pairs, new_reward_model, normalize_reward_model, pair_accuracy,
-                     score_last_token, train_reward_model)
+from .reward import (gold_scores, label_pairs, last_real, new_reward_model, normalised_score, normalize_reward_model,
+                     pair_accuracy, train_reward_model)
 
 __all__ = ["ASSET_VERSION", "CacheError", "verify_stage",
            "PipelinePreset", "PRESETS", "cache_root", "resolve_device", "Assets", "load_assets",
@@ -338,8 +338,9 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, s) -> torch.Tensor:
-        h = last_hidden_state(self.rm.transformer, s.input_ids, s.attention_mask)
-        return score_last_token(self.rm, h, s.attention_mask)
+        mask, at = s.attention_mask, torch.zeros_like(s.attention_mask, dtype=torch.bool)
+        at[torch.arange(len(mask)), last_real(mask)] = True
+        return normalised_score(self.rm, last_hidden_state(self.rm.transformer, s.input_ids, mask, at=at))
 
 
 @torch.no_grad()

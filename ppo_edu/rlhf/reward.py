@@ -23,7 +23,7 @@ from ..progress import progress
 from .policy import Samples, position_ids
 
 __all__ = ["gold_scores", "PreferencePairs", "label_pairs", "bradley_terry_loss", "new_reward_model",
-           "reward_scores", "score_last_token", "train_reward_model", "pair_accuracy", "normalize_reward_model"]
+           "reward_scores", "score_last_token", "last_real", "normalised_score", "train_reward_model", "pair_accuracy", "normalize_reward_model"]
 
 _VADER = None
 
@@ -102,9 +102,17 @@ def reward_scores(rm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
 def score_last_token(rm, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The reward model's head on each row's last real token of its hidden states ``h`` ``(B, T, C)``,
     in the normalised units of eq. 9.2: ``(B,)``."""
-    width = attention_mask.shape[1]
-    last = width - 1 - attention_mask.flip(1).long().argmax(1)       # rightmost 1 in each row
-    h_last = h[torch.arange(h.shape[0], device=h.device), last]       # (B, C)
+    h_last = h[torch.arange(h.shape[0], device=h.device), last_real(attention_mask)]  # (B, C)
+    return normalised_score(rm, h_last)
+
+
+def last_real(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` the column of each row's last real token (the rightmost 1)."""
+    return attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)
+
+
+def normalised_score(rm, h_last: torch.Tensor) -> torch.Tensor:
+    """The reward model's head on last-token states ``(B, C)``, in the normalised units of eq. 9.2: ``(B,)``."""
     raw = rm.score(h_last).squeeze(-1).float()
     return (raw - getattr(rm.config, "score_mean", 0.0)) / getattr(rm.config, "score_std", 1.0)
 
