@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Samples", "PolicyWithValue", "Critic", "encode_prompts", "sample", "position_ids", "response_mask",
-           "response_logprobs", "response_states", "trunk", "last_hidden_state", "packable", "packed_hidden_states", "Queries", "KVCache",
-           "Decoder"]
+           "response_logprobs", "response_states", "states_before_tokens", "trunk", "last_hidden_state", "packable",
+           "packed_hidden_states", "Queries", "KVCache", "Decoder"]
 
 
 @dataclass

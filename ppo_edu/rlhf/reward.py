@@ -23,7 +23,8 @@ from ..progress import progress
 from .policy import Samples, position_ids
 
 __all__ = ["gold_scores", "PreferencePairs", "label_pairs", "bradley_terry_loss", "new_reward_model",
-           "reward_scores", "score_last_token", "last_real", "normalised_score", "train_reward_model", "pair_accuracy", "normalize_reward_model"]
+           "reward_scores", "score_last_token", "last_real", "normalised_score", "train_reward_model", "pair_accuracy",
+           "normalize_reward_model"]
 
 _VADER = None
 
