@@ -100,6 +100,8 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
         if not skip_trl:
             rows["TRL PPO"] += trl("ppo", d, iters, r, device) or []
             rows["TRL GRPO"] += trl("grpo", d, iters, r, device) or []
+        # this round's medians: on a shared machine the rounds can differ by a fifth, both sides alike or not
+        print("  " + ", ".join(f"{k} {statistics.median(v[-iters:]):.3f} s" for k, v in rows.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     where = "1 thread" if device == "cpu" else "one GPU"
     print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}):")
