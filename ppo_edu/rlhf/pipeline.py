@@ -339,7 +339,7 @@ class RewardModelScorer:
     @torch.no_grad()
     def __call__(self, s) -> torch.Tensor:
         mask, at = s.attention_mask, torch.zeros_like(s.attention_mask, dtype=torch.bool)
-        at[torch.arange(len(mask)), last_real(mask)] = True
+        at[torch.arange(len(mask), device=mask.device), last_real(mask)] = True
         return normalised_score(self.rm, last_hidden_state(self.rm.transformer, s.input_ids, mask, at=at))
 
 
