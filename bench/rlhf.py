@@ -1,8 +1,10 @@
 """ppo_edu's PPO-RLHF and GRPO against Hugging Face TRL's, side by side, on the same tiny GPT-2.
 
 Speed: one PPO iteration (64 prompts x up to 24 new tokens, 4 epochs x 4 minibatches) and one
-GRPO step (16 prompts x 4 samples), timed in alternating rounds: ppo_edu in this process, TRL in
-its bench-only virtual environments (``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer
+GRPO step (16 prompts x 4 samples), timed in turn: each round starts TRL's trainer in a subprocess and
+takes one iteration of each of our trainers, then one of TRL's, and so on, so that a slow spell of this
+shared machine slows both sides alike. ppo_edu runs in this process, TRL in its bench-only virtual
+environments (``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer
 is ``trl.experimental.ppo``; ``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
 
     python3 -m venv bench/.venv-trl-ppo && bench/.venv-trl-ppo/bin/pip install torch==2.13.0 trl==1.12.0
@@ -58,24 +60,63 @@ def trainer(a, policy, kind: str, size: str, seed: int, **changes):
                seed=seed)
 
 
-def ours(a, kind: str, iters: int, seed: int, size: str, **changes) -> list[float]:
-    t = trainer(a, copy.deepcopy(a.policy), kind, size, seed, **changes)
-    t.step()                                                           # warm-up
-    return [t.step()["time_iter"] for _ in range(iters)]
+class Peer:
+    """TRL's trainer in its bench-only venv, run one iteration at a time (``trl_peer.py --lockstep``): it
+    starts and takes its untimed warm-up iteration; each ``step()`` lets it take one more and returns its
+    seconds."""
+
+    def __init__(self, kind: str, assets_dir: str, iters: int, seed: int, device: str):
+        self.kind, self.err = kind, tempfile.TemporaryFile("w+")
+        venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
+        self.proc = subprocess.Popen([str(venv / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets",
+                                      assets_dir, "--iters", str(iters), "--seed", str(seed), "--device", device,
+                                      "--lockstep"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self._next()                                                   # the warm-up
+
+    @staticmethod
+    def available(kind: str) -> bool:
+        venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
+        if not (venv / "bin" / "python").exists():
+            print(f"  (skipped TRL {kind}: {venv.relative_to(HERE.parent)} is missing; see this file's docstring)")
+            return False
+        return True
+
+    def _next(self) -> float:
+        for line in self.proc.stdout:
+            if line.startswith("LOCKSTEP "):
+                return float(line.split()[1])
+        self._fail()
+
+    def step(self) -> float:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self._next()
+
+    def close(self) -> None:
+        self.proc.communicate("\n", timeout=600)                      # it ends its run and reports
+        if self.proc.returncode != 0:
+            self._fail()
+
+    def _fail(self):
+        self.proc.kill()
+        self.err.seek(0)
+        print(self.err.read()[-3000:])
+        raise SystemExit(f"TRL {self.kind} failed (exit {self.proc.wait()})")
 
 
-def trl(kind: str, assets_dir: str, iters: int, seed: int, device: str) -> list[float] | None:
-    venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
-    if not (venv / "bin" / "python").exists():
-        print(f"  (skipped TRL {kind}: {venv.relative_to(HERE.parent)} is missing; see this file's docstring)")
-        return None
-    out = subprocess.run([str(venv / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets", assets_dir,
-                          "--iters", str(iters), "--seed", str(seed), "--device", device], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if out.returncode != 0:
-        print(out.stderr[-3000:])
-        raise SystemExit(f"TRL {kind} failed (exit {out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])["per_iter"]
+def lockstep(rows: dict, iters: int, ours: dict, peer_name: str, peer: Peer | None) -> None:
+    """``iters`` timed iterations of each of ``ours`` (name: trainer, after one untimed warm-up each) and of
+    TRL's ``peer``, taken in turn: a slow spell of this shared machine then slows both sides alike."""
+    for t in ours.values():
+        t.step()
+    for _ in range(iters):
+        for name, t in ours.items():
+            rows[name].append(t.step()["time_iter"])
+        if peer is not None:
+            rows[peer_name].append(peer.step())
+    if peer is not None:
+        peer.close()
 
 
 def trl_assets(a) -> str:
@@ -88,30 +129,43 @@ def trl_assets(a) -> str:
     return str(d)
 
 
+def ratio_lines(med: dict, paired: dict) -> list[str]:
+    """Each target's ratio: of the medians, and the median of the per-iteration ratios (TRL's iteration over
+    ours, taken in turn)."""
+    out = []
+    for ours, peer, target in (("ppo_edu PPO", "TRL PPO", 3), ("ppo_edu PPO (separate critic)", "TRL PPO", 2),
+                               ("ppo_edu GRPO", "TRL GRPO", 1.5)):
+        if peer in med:
+            out.append(f"{peer + ' / ' + ours:42s} = {med[peer] / med[ours]:.2f}x, paired "
+                       f"{statistics.median(paired[ours]):.2f}x  (target >= {target:g})")
+    return out
+
+
 def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) -> None:
     rows = {k: [] for k in ("ppo_edu PPO", "ppo_edu PPO (separate critic)", "TRL PPO", "ppo_edu GRPO", "TRL GRPO")}
     d = trl_assets(a)
+    use = {kind: not skip_trl and Peer.available(kind) for kind in ("ppo", "grpo")}
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}", flush=True)
         # all 16 minibatch steps, as TRL takes: the preset's max_update_kl would end some updates early
-        rows["ppo_edu PPO"] += ours(a, "ppo", iters, r, size, max_update_kl=None)
-        rows["ppo_edu PPO (separate critic)"] += ours(a, "ppo", iters, r, size, critic="separate", max_update_kl=None)
-        rows["ppo_edu GRPO"] += ours(a, "grpo", iters, r, size)
-        if not skip_trl:
-            rows["TRL PPO"] += trl("ppo", d, iters, r, device) or []
-            rows["TRL GRPO"] += trl("grpo", d, iters, r, device) or []
-        # this round's medians: on a shared machine the rounds can differ by a fifth, both sides alike or not
+        ppo = {"ppo_edu PPO": trainer(a, copy.deepcopy(a.policy), "ppo", size, r, max_update_kl=None),
+               "ppo_edu PPO (separate critic)": trainer(a, copy.deepcopy(a.policy), "ppo", size, r, critic="separate",
+                                                        max_update_kl=None)}
+        lockstep(rows, iters, ppo, "TRL PPO", Peer("ppo", d, iters, r, device) if use["ppo"] else None)
+        grpo = {"ppo_edu GRPO": trainer(a, copy.deepcopy(a.policy), "grpo", size, r)}
+        lockstep(rows, iters, grpo, "TRL GRPO", Peer("grpo", d, iters, r, device) if use["grpo"] else None)
+        # this round's medians: on a shared machine the rounds can differ by a fifth
         print("  " + ", ".join(f"{k} {statistics.median(v[-iters:]):.3f} s" for k, v in rows.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
+    peer_of = {"ppo_edu PPO": "TRL PPO", "ppo_edu PPO (separate critic)": "TRL PPO", "ppo_edu GRPO": "TRL GRPO"}
+    paired = {k: [t / o for o, t in zip(rows[k], rows[p])] for k, p in peer_of.items()}
     where = "1 thread" if device == "cpu" else "one GPU"
-    print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}):")
+    print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}; TRL's "
+          f"iterations taken in turn with ours):")
     for k, v in med.items():
         print(f"  {k:32s} {v:6.3f} s")
-    if "TRL PPO" in med:
-        print(f"TRL PPO / ppo_edu PPO            = {med['TRL PPO'] / med['ppo_edu PPO']:.2f}x  (target >= 3)")
-        print(f"TRL PPO / ppo_edu PPO (separate) = {med['TRL PPO'] / med['ppo_edu PPO (separate critic)']:.2f}x  (target >= 2)")
-    if "TRL GRPO" in med:
-        print(f"TRL GRPO / ppo_edu GRPO          = {med['TRL GRPO'] / med['ppo_edu GRPO']:.2f}x  (target >= 1.5)")
+    for line in ratio_lines(med, paired):
+        print(line)
 
 
 def quality_run(a, kind: str, seed: int, n: int | None, size: str) -> dict:

@@ -9,7 +9,7 @@ bench-only virtual environments that hold TRL (they are git-ignored):
 Usage::
 
     bench/.venv-trl-ppo/bin/python  bench/trl_peer.py ppo  --assets DIR --iters 5 --seed 0
-    bench/.venv-trl-grpo/bin/python bench/trl_peer.py grpo --assets DIR --iters 5 --seed 0
+    bench/.venv-trl-grpo/bin/python bench/trl_peer.py grpo --assets DIR --iters 5 --seed 0 [--lockstep]
     bench/.venv-trl-ppo/bin/python  bench/trl_peer.py make-standin /tmp/trl_assets
 
 ``DIR`` holds ``tokenizer/``, ``policy/``, ``reward_model/`` (all ``save_pretrained``
@@ -94,8 +94,10 @@ def _load_assets(assets: str):
     return tok, prompts
 
 
-def _make_timer():
-    """A TrainerCallback that records the wall time of every optimisation iteration."""
+def _make_timer(lockstep: bool = False):
+    """A TrainerCallback that records the wall time of every optimisation iteration. With ``lockstep``,
+    after each iteration it prints ``LOCKSTEP <seconds>`` and waits for a line on stdin before the next
+    one (the wait is not timed): ``bench/rlhf.py`` then alternates our iterations with TRL's."""
     from transformers import TrainerCallback
 
     class IterTimer(TrainerCallback):
@@ -109,7 +111,11 @@ def _make_timer():
         def on_step_end(self, args, state, control, **kw):
             now = time.perf_counter()
             self.per_iter.append(now - self.last)
-            self.last = now
+            if lockstep:
+                print(f"LOCKSTEP {self.per_iter[-1]:.6f}", flush=True)
+                if not sys.stdin.readline():
+                    raise SystemExit("lockstep: stdin closed")
+            self.last = time.perf_counter()
 
     return IterTimer()
 
@@ -237,7 +243,7 @@ def run_ppo(a) -> None:
             train_dataset=train,
         )
         _quiet(trainer)
-        timer = _make_timer()
+        timer = _make_timer(a.lockstep)
         trainer.add_callback(timer)
         trainer.train()
     _report("trl-ppo", timer, a)
@@ -294,7 +300,7 @@ def run_grpo(a) -> None:
             reward_processing_classes=rm_tok,
         )
         _quiet(trainer)
-        timer = _make_timer()
+        timer = _make_timer(a.lockstep)
         trainer.add_callback(timer)
         trainer.train()
     _report("trl-grpo", timer, a)
@@ -370,6 +376,8 @@ def main(argv=None) -> None:
         s.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (does not affect timing)")
         s.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
         s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: one GPU (bench/rlhf.py --device)")
+        s.add_argument("--lockstep", action="store_true",
+                       help="after each iteration print LOCKSTEP <seconds> and wait for a line on stdin")
     s = sub.add_parser("make-standin", help="write random-initialised stand-in assets (for testing this script)")
     s.add_argument("dir")
     s.add_argument("--seed", type=int, default=0)
