@@ -224,7 +224,9 @@ def packed_attention(attn: nn.Module, h: torch.Tensor, real: torch.Tensor, allow
     H = attn.num_heads
     qkv = attn.c_attn(h)                                              # (N, 3C)
     full = qkv.new_zeros(B * T, 3 * C).index_copy_(0, real, qkv)     # (B T, 3C), pads 0
-    q, k, v = full.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)   # each (B, H, T, d)
+    # each (B, H, T, d); split on dim 2, the backward stacks the three gradients straight into full's
+    # layout (one copy, where permute + unbind needed two)
+    q, k, v = (x.transpose(1, 2) for x in full.view(B, T, 3, H, C // H).unbind(2))
     if kv is not None:
         kv[0][:, :, :T], kv[1][:, :, :T] = k, v
     rows = real
