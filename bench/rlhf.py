@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import subprocess
@@ -67,16 +66,20 @@ class Peer:
 
     def __init__(self, kind: str, assets_dir: str, iters: int, seed: int, device: str):
         self.kind, self.err = kind, tempfile.TemporaryFile("w+")
-        venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
-        self.proc = subprocess.Popen([str(venv / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets",
-                                      assets_dir, "--iters", str(iters), "--seed", str(seed), "--device", device,
-                                      "--lockstep"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
-                                     text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cmd = [str(self.venv(kind) / "bin" / "python"), str(HERE / "trl_peer.py"), kind, "--assets", assets_dir,
+               "--iters", str(iters), "--seed", str(seed), "--device", device, "--lockstep"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
         self._next()                                                   # the warm-up
 
     @staticmethod
-    def available(kind: str) -> bool:
-        venv = HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
+    def venv(kind: str) -> Path:
+        """The bench-only venv that holds TRL for ``kind`` (see this file's docstring)."""
+        return HERE / (".venv-trl-ppo" if kind == "ppo" else ".venv-trl-grpo")
+
+    @classmethod
+    def available(cls, kind: str) -> bool:
+        venv = cls.venv(kind)
         if not (venv / "bin" / "python").exists():
             print(f"  (skipped TRL {kind}: {venv.relative_to(HERE.parent)} is missing; see this file's docstring)")
             return False
