@@ -140,13 +140,13 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
     The vocabulary head runs on the real response tokens only (``m``), at the states
     ``states_before_tokens`` gives (only those, when no gradient is taken)."""
     m = s.response_mask.bool()
-    h_act, h = states_before_tokens(trunk(model), s)
-    logits = model.lm_head(h).float() / temperature                   # (n, V) at the n real tokens
+    h_act = states_before_tokens(trunk(model), s)                     # (B, R, C)
+    logits = model.lm_head(h_act[m]).float() / temperature            # (n, V) at the n real tokens
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, s.response[m].unsqueeze(-1)).squeeze(-1)  # (n,)
     out = {"logp": unpack(logp, m)}
     if isinstance(model, PolicyWithValue):
-        out["values"] = value_at(model.value_head, h_act, h, m)
+        out["values"] = model.value_head(h_act).squeeze(-1).float()
     if with_entropy:
         out["entropy"] = unpack(-(logp_all.exp() * logp_all).sum(-1), m)
     if with_dist:
@@ -154,22 +154,16 @@ def response_logprobs(model, s: Samples, temperature: float = 1.0, with_entropy:
     return out
 
 
-def states_before_tokens(body: nn.Module, s: Samples) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The trunk's states before each response token: ``(B, R, C)`` (or None) and, at the n real tokens,
-    ``(n, C)``. Without gradients the trunk computes only those n states (``response_states``: the same
-    numbers, less work) and the first is None. With gradients it runs whole, so that the weight gradients
-    sum over the same rows in the same order as they always have (dropping rows reorders those sums)."""
-    if not torch.is_grad_enabled():
-        return None, last_hidden_state(body, s.input_ids, s.attention_mask, at=response_states(s))
-    h_act = last_hidden_state(body, s.input_ids, s.attention_mask)[:, s.query.shape[1] - 1:-1]
-    return h_act, h_act[s.response_mask.bool()]
-
-
-def value_at(head: nn.Module, h_act: torch.Tensor | None, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """A scalar head's values ``(B, R)`` from ``states_before_tokens``; pads are masked wherever values are
-    used. The head always runs on the ``(B, R, C)`` layout: on fewer rows, its matrix-vector product can
-    round differently."""
-    return head(h_act if h_act is not None else unpack(h, m)).squeeze(-1).float()
+def states_before_tokens(body: nn.Module, s: Samples) -> torch.Tensor:
+    """The trunk's states before each response token, ``(B, R, C)``: column t is the state that chooses
+    response token t, read one column early. Without gradients the trunk computes only those at the real
+    tokens (``response_states``: the same numbers, less work; 0 elsewhere). With gradients it runs whole,
+    so that the weight gradients sum over the same rows in the same order as they always have (dropping
+    rows reorders those sums)."""
+    if torch.is_grad_enabled():
+        return last_hidden_state(body, s.input_ids, s.attention_mask)[:, s.query.shape[1] - 1:-1]
+    m = s.response_mask.bool()
+    return unpack(last_hidden_state(body, s.input_ids, s.attention_mask, at=response_states(s)), m)
 
 
 def unpack(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -416,5 +410,4 @@ class Critic(nn.Module):
 
     def forward(self, s: Samples) -> torch.Tensor:
         """V(s_t) before each response token: ``(B, R)``; pads are masked wherever values are used."""
-        h_act, h = states_before_tokens(self.transformer, s)
-        return value_at(self.value_head, h_act, h, s.response_mask.bool())
+        return self.value_head(states_before_tokens(self.transformer, s)).squeeze(-1).float()
