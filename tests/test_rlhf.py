@@ -11,6 +11,7 @@ from ppo_edu.rlhf import data, memory, pipeline, policy, reward
 from ppo_edu.rlhf.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss
 from ppo_edu.rlhf.ppo import (AdaptiveKLController, PPORLHF, RLHFConfig, masked_whiten, shaped_rewards,
                               token_gae, update_kl)
+from ppo_edu.rlhf.trainer import clip_grad_norm_
 
 torch.set_num_threads(1)
 
@@ -279,6 +280,25 @@ def test_log_probs_and_values_without_gradients_equal_those_with_them(assets):
             torch.equal(without[0][key][m], with_grad[0][key].detach()[m]), key
     assert torch.equal(without[1][m], with_grad[1].detach()[m])
     assert with_grad[0]["logp"].requires_grad and with_grad[1].requires_grad
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0, float("nan")], ids=["within", "clipped", "nan"])
+def test_clip_grad_norm_gives_torchs_numbers_bit_for_bit(scale):
+    """The trainers' clip skips the multiply by 1 when nothing is clipped; gradients and norm are torch's, also
+    for a clipped step and a non-finite norm (torch scales by NaN then; so does ours)."""
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in ((7, 3), (5,), (2, 2, 2))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=g) * scale
+        b.grad = a.grad.clone()
+    ours.append(torch.nn.Parameter(torch.zeros(3)))                  # a parameter without a gradient is skipped
+    norm = clip_grad_norm_(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, foreach=True)
+    assert torch.equal(norm, expected) or (norm.isnan() and expected.isnan())
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad) or (a.grad.isnan().all() and b.grad.isnan().all())
+    assert (scale == 10.0) == bool(norm > 1.0)                       # the clipped case really clips
 
 
 def test_the_trainers_reward_scorer_gives_reward_scores_numbers(assets):

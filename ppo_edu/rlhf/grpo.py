@@ -27,7 +27,7 @@ from .. import config as C
 from .. import distributed
 from ..losses import clipped_surrogate_loss, kl_k3
 from .policy import Samples, response_logprobs
-from .trainer import LMTrainer, kl_controller
+from .trainer import LMTrainer, clip_grad_norm_, kl_controller
 
 __all__ = ["GRPOConfig", "group_advantages", "grpo_loss", "GRPO"]
 
@@ -149,7 +149,7 @@ class GRPO(LMTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_grads_(self.model.parameters())            # data-parallel: mean over ranks
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm, foreach=True)
+        clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         kl_seq = ((logp.detach() - ref_logp) * mask).sum(1).mean()     # k1 per sample, comparable to PPO's
         return {"loss": loss.item(), "kl_k3": info["kl_k3"].item(), "kl": kl_seq.item(),

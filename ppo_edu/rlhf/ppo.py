@@ -31,7 +31,7 @@ from ..gae import compute_gae
 from ..losses import clipped_surrogate_loss, value_loss
 from .policy import Critic, PolicyWithValue, Samples, response_logprobs
 from .trainer import (AdaptiveKLController, FixedKLController, LMTrainer, PromptSampler, check_scores,
-                      kl_controller, trim)
+                      clip_grad_norm_, kl_controller, trim)
 
 __all__ = ["RLHFConfig", "FixedKLController", "AdaptiveKLController", "shaped_rewards", "token_gae",
            "masked_mean", "masked_whiten", "update_kl", "check_scores", "PromptSampler", "trim", "PPORLHF"]
@@ -219,7 +219,7 @@ class PPORLHF(LMTrainer):
         loss.backward()
         params = self.optimizer.param_groups[0]["params"]
         distributed.average_grads_(params)                             # data-parallel: mean over ranks
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        clip_grad_norm_(params, cfg.max_grad_norm)
         self.optimizer.step()
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                  "entropy": out["entropy"][m].mean().item(), "approx_kl": info["approx_kl_k3"].item(),

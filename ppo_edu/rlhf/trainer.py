@@ -19,8 +19,8 @@ from .. import distributed
 from .data import check_tokenizer
 from .policy import Samples, encode_prompts, sample
 
-__all__ = ["check_scores", "PromptSampler", "trim", "FixedKLController", "AdaptiveKLController", "kl_controller",
-           "LMTrainer"]
+__all__ = ["check_scores", "PromptSampler", "trim", "clip_grad_norm_", "FixedKLController", "AdaptiveKLController",
+           "kl_controller", "LMTrainer"]
 
 
 def check_scores(scores, batch: int) -> torch.Tensor:
@@ -34,6 +34,18 @@ def check_scores(scores, batch: int) -> torch.Tensor:
         raise ValueError(f"reward_fn returned non-finite scores (NaN or inf) at rows {bad[:8].tolist()}: "
                          f"{scores[bad[:8]].tolist()}")
     return scores.float()
+
+
+def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients down to a total norm of ``max_norm`` when they exceed it; returns the norm before.
+    The same numbers as ``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)``, bit for bit,
+    less its multiply by exactly 1 when nothing is clipped: on cpu-tiny most PPO steps are not clipped,
+    and that pass over every gradient was about 2% of the update."""
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if not bool(max_norm / (norm + 1e-6) >= 1):                       # also a NaN or inf norm, as torch's does
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm
 
 
 class PromptSampler:
