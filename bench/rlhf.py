@@ -3,9 +3,10 @@
 Speed: one PPO iteration (64 prompts x up to 24 new tokens, 4 epochs x 4 minibatches) and one
 GRPO step (16 prompts x 4 samples), timed in turn: each round starts TRL's trainer in a subprocess and
 takes one iteration of each of our trainers, then one of TRL's, and so on, so that a slow spell of this
-shared machine slows both sides alike. ppo_edu runs in this process, TRL in its bench-only virtual
-environments (``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer
-is ``trl.experimental.ppo``; ``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
+shared machine slows both sides alike. Each of our rows also gives the median seconds of its phases:
+sampling (generate), the passes without gradients and the reward (score), and the minibatch steps
+(update). ppo_edu runs in this process, TRL in its bench-only virtual environments
+(``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer is ``trl.experimental.ppo``; ``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
 
     python3 -m venv bench/.venv-trl-ppo && bench/.venv-trl-ppo/bin/pip install torch==2.13.0 trl==1.12.0
     python3 -m venv bench/.venv-trl-grpo && bench/.venv-trl-grpo/bin/pip install torch==2.13.0 trl==1.16.0
@@ -108,14 +109,20 @@ class Peer:
         raise SystemExit(f"TRL {self.kind} failed (exit {self.proc.wait()})")
 
 
-def lockstep(rows: dict, iters: int, ours: dict, peer_name: str, peer: Peer | None) -> None:
+PHASES = {"generate": "time_generate", "score": "time_score", "update": "time_update"}
+
+
+def lockstep(rows: dict, iters: int, ours: dict, peer_name: str, peer: Peer | None, phases: dict) -> None:
     """``iters`` timed iterations of each of ``ours`` (name: trainer, after one untimed warm-up each) and of
-    TRL's ``peer``, taken in turn: a slow spell of this shared machine then slows both sides alike."""
+    TRL's ``peer``, taken in turn: a slow spell of this shared machine then slows both sides alike. Our
+    iterations' phases (``PHASES``) go to ``phases[name]``."""
     for t in ours.values():
         t.step()
     for _ in range(iters):
         for name, t in ours.items():
-            rows[name].append(t.step()["time_iter"])
+            stats = t.step()
+            rows[name].append(stats["time_iter"])
+            phases.setdefault(name, []).append({k: stats[v] for k, v in PHASES.items()})
         if peer is not None:
             rows[peer_name].append(peer.step())
     if peer is not None:
@@ -146,7 +153,7 @@ def ratio_lines(med: dict, paired: dict) -> list[str]:
 
 def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) -> None:
     rows = {k: [] for k in ("ppo_edu PPO", "ppo_edu PPO (separate critic)", "TRL PPO", "ppo_edu GRPO", "TRL GRPO")}
-    d = trl_assets(a)
+    d, phases = trl_assets(a), {}
     use = {kind: not skip_trl and Peer.available(kind) for kind in ("ppo", "grpo")}
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}", flush=True)
@@ -154,9 +161,11 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
         ppo = {"ppo_edu PPO": trainer(a, copy.deepcopy(a.policy), "ppo", size, r, max_update_kl=None),
                "ppo_edu PPO (separate critic)": trainer(a, copy.deepcopy(a.policy), "ppo", size, r, critic="separate",
                                                         max_update_kl=None)}
-        lockstep(rows, iters, ppo, "TRL PPO", Peer("ppo", d, iters, r, device) if use["ppo"] else None)
+        lockstep(rows, iters, ppo, "TRL PPO", Peer("ppo", d, iters, r, device) if use["ppo"] else None,
+                 phases)
         grpo = {"ppo_edu GRPO": trainer(a, copy.deepcopy(a.policy), "grpo", size, r)}
-        lockstep(rows, iters, grpo, "TRL GRPO", Peer("grpo", d, iters, r, device) if use["grpo"] else None)
+        lockstep(rows, iters, grpo, "TRL GRPO", Peer("grpo", d, iters, r, device) if use["grpo"] else None,
+                 phases)
         # this round's medians: on a shared machine the rounds can differ by a fifth
         print("  " + ", ".join(f"{k} {statistics.median(v[-iters:]):.3f} s" for k, v in rows.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
@@ -166,7 +175,8 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
     print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}; TRL's "
           f"iterations taken in turn with ours):")
     for k, v in med.items():
-        print(f"  {k:32s} {v:6.3f} s")
+        parts = [f"{p} {statistics.median(x[p] for x in phases[k]):.3f}" for p in PHASES] if k in phases else []
+        print(f"  {k:32s} {v:6.3f} s" + (f"  ({', '.join(parts)})" if parts else ""))
     for line in ratio_lines(med, paired):
         print(line)
 
