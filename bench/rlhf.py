@@ -6,7 +6,8 @@ takes one iteration of each of our trainers, then one of TRL's, and so on, so th
 shared machine slows both sides alike. Each of our rows also gives the median seconds of its phases:
 sampling (generate), the passes without gradients and the reward (score), and the minibatch steps
 (update). ppo_edu runs in this process, TRL in its bench-only virtual environments
-(``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer is ``trl.experimental.ppo``; ``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
+(``bench/.venv-trl-ppo`` with trl==1.12.0, whose PPO trainer is ``trl.experimental.ppo``;
+``bench/.venv-trl-grpo`` with trl==1.16.0). Make them once with::
 
     python3 -m venv bench/.venv-trl-ppo && bench/.venv-trl-ppo/bin/pip install torch==2.13.0 trl==1.12.0
     python3 -m venv bench/.venv-trl-grpo && bench/.venv-trl-grpo/bin/pip install torch==2.13.0 trl==1.16.0
