@@ -23,7 +23,7 @@ score of 256 fresh samples, their KL to the reference, and the largest per-batch
 10. Target (issue 15): gold >= 0.8, KL <= 5 nats, and no per-batch KL above 3x the target (PPO's
 adaptive target, 3 nats; GRPO, which steers to no target, is held to the same) on every seed.
 
-    python bench/rlhf.py [--iters 8] [--rounds 2] [--quality-seeds 3] [--skip-trl] [--skip-quality]
+    python bench/rlhf.py [--iters 8] [--rounds 2] [--quality-seeds 3] [--skip-trl] [--skip-quality] [--skip-speed]
 
 ``--device cuda`` runs both sides on one GPU (fp32 on both), at the ``gpu-small`` size unless
 ``--size`` says otherwise (the TRL venvs then need a CUDA build of torch)::
@@ -218,6 +218,7 @@ def main(argv=None) -> None:
     p.add_argument("--quality-iterations", type=int, default=None, help="default: the preset's (PPO and GRPO)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--skip-speed", action="store_true", help="only the quality runs")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: both sides on one GPU")
     p.add_argument("--size", choices=sorted(PRESETS), default=None,
                    help="the assets and preset (default: cpu-tiny on the CPU, gpu-small on a GPU)")
@@ -229,7 +230,8 @@ def main(argv=None) -> None:
     a = load_assets(size, 0, "rm", device=args.device)
     print(f"{size} GPT-2 on {args.device}: {a.info['parameters']:,} parameters; reward model held-out accuracy "
           f"{a.info['rm']['heldout_accuracy']:.3f}")
-    speed(a, args.iters, args.rounds, args.skip_trl, size, args.device)
+    if not args.skip_speed:
+        speed(a, args.iters, args.rounds, args.skip_trl, size, args.device)
     if not args.skip_quality:
         quality(a, args.quality_seeds, args.quality_iterations, size)
 
