@@ -140,12 +140,15 @@ def trl_assets(a) -> str:
     return str(d)
 
 
+TARGETS = (("ppo_edu PPO", "TRL PPO", 3), ("ppo_edu PPO (separate critic)", "TRL PPO", 2),
+           ("ppo_edu GRPO", "TRL GRPO", 1.5))                          # (ours, TRL's, issue 15's ratio)
+
+
 def ratio_lines(med: dict, paired: dict) -> list[str]:
     """Each target's ratio: of the medians, and the median of the per-iteration ratios (TRL's iteration over
     ours, taken in turn)."""
     out = []
-    for ours, peer, target in (("ppo_edu PPO", "TRL PPO", 3), ("ppo_edu PPO (separate critic)", "TRL PPO", 2),
-                               ("ppo_edu GRPO", "TRL GRPO", 1.5)):
+    for ours, peer, target in TARGETS:
         if peer in med:
             out.append(f"{peer + ' / ' + ours:42s} = {med[peer] / med[ours]:.2f}x, paired "
                        f"{statistics.median(paired[ours]):.2f}x  (target >= {target:g})")
@@ -170,8 +173,7 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
         # this round's medians: on a shared machine the rounds can differ by a fifth
         print("  " + ", ".join(f"{k} {statistics.median(v[-iters:]):.3f} s" for k, v in rows.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
-    peer_of = {"ppo_edu PPO": "TRL PPO", "ppo_edu PPO (separate critic)": "TRL PPO", "ppo_edu GRPO": "TRL GRPO"}
-    paired = {k: [t / o for o, t in zip(rows[k], rows[p])] for k, p in peer_of.items()}
+    paired = {k: [t / o for o, t in zip(rows[k], rows[p])] for k, p, _ in TARGETS}
     where = "1 thread" if device == "cpu" else "one GPU"
     print(f"\nseconds per iteration ({size}, median of {iters} x {rounds}, warm-up excluded, {where}; TRL's "
           f"iterations taken in turn with ours):")

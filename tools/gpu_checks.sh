@@ -47,12 +47,11 @@ if [ "${1:-}" = "fetch" ]; then
   exit 0
 fi
 
+STAGES="speed quality summary"
+[ $# -gt 0 ] || { echo "gpu_checks: name a stage: fetch, or one or more of $STAGES"; exit 2; }
 for s in "$@"; do
-  case "$s" in speed|quality|summary) ;;
-    *) echo "gpu_checks: unknown stage '$s': choose from fetch, or one or more of speed quality summary"; exit 2 ;;
-  esac
+  [[ " $STAGES " == *" $s "* ]] || { echo "gpu_checks: unknown stage '$s': choose from fetch, or one or more of $STAGES"; exit 2; }
 done
-[ $# -gt 0 ] || { echo "gpu_checks: name a stage: fetch, or one or more of speed quality summary"; exit 2; }
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-gpu-small}
 OUT=${OUT:-/tmp/gpu-checks}
