@@ -9,6 +9,8 @@ bench-only virtual environments that hold TRL (they are git-ignored):
 Usage::
 
     bench/.venv-trl-ppo/bin/python  bench/trl_peer.py ppo  --assets DIR --iters 5 --seed 0
+    bench/.venv-trl-ppo/bin/python  bench/trl_peer.py ppo  --assets DIR --iters 100 --warmup 0 --lr 3e-4 \
+        --lr-scheduler constant --kl-coef 0.4 --save OUT     # a quality run: OUT gets the trained policy
     bench/.venv-trl-grpo/bin/python bench/trl_peer.py grpo --assets DIR --iters 5 --seed 0 [--lockstep]
     bench/.venv-trl-ppo/bin/python  bench/trl_peer.py make-standin /tmp/trl_assets
 
@@ -142,6 +144,7 @@ def _common_args(cfg_cls, outdir: str, a) -> dict:
         output_dir=outdir,
         seed=a.seed,
         learning_rate=a.lr,
+        lr_scheduler_type=a.lr_scheduler,
         use_cpu=a.device == "cpu",
         bf16=False,                   # TRL's configs default bf16=True; ppo_edu's side is fp32 too
         fp16=False,
@@ -223,7 +226,7 @@ def run_ppo(a) -> None:
             temperature=1.0,             # TRL default is 0.7
             gamma=1.0,
             lam=0.95,
-            kl_coef=0.05,
+            kl_coef=a.kl_coef,
             kl_estimator="k1",
             cliprange=0.2,
             cliprange_value=0.2,
@@ -246,6 +249,8 @@ def run_ppo(a) -> None:
         timer = _make_timer(a.lockstep)
         trainer.add_callback(timer)
         trainer.train()
+        if a.save:
+            trainer.save_model(a.save)          # the policy alone (PPOTrainer.save_model), for evaluation
     _report("trl-ppo", timer, a)
 
 
@@ -378,6 +383,11 @@ def main(argv=None) -> None:
         s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: one GPU (bench/rlhf.py --device)")
         s.add_argument("--lockstep", action="store_true",
                        help="after each iteration print LOCKSTEP <seconds> and wait for a line on stdin")
+        s.add_argument("--lr-scheduler", choices=("linear", "constant"), default="linear",
+                       help="linear: TRL's default (decays to 0 over the run); constant: ppo_edu's")
+        if name == "ppo":
+            s.add_argument("--kl-coef", type=float, default=0.05, help="TRL's fixed KL penalty coefficient")
+            s.add_argument("--save", default=None, help="save the trained policy here (save_pretrained layout)")
     s = sub.add_parser("make-standin", help="write random-initialised stand-in assets (for testing this script)")
     s.add_argument("dir")
     s.add_argument("--seed", type=int, default=0)

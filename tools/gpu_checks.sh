@@ -13,7 +13,8 @@
 #   speed    python bench/rlhf.py --device $DEVICE --skip-quality: PPO-RLHF (shared and separate critic)
 #            and GRPO against TRL's, iterations taken in turn (target 4: 4x TRL's PPO)
 #   quality  python bench/rlhf.py --device $DEVICE --skip-speed --quality-seeds $SEEDS: gold, KL and the
-#            largest late per-batch KL of PPO and GRPO on the preset (target 3 on gpu-small)
+#            largest late per-batch KL of PPO and GRPO on the preset (target 3 on gpu-small); TRL's
+#            quality frontier only with TRL_KL_COEFS=0.4,0.8,... (several TRL runs per seed: long)
 #   summary  python -m ppo_edu.cli rlhf --preset $SIZE: the run folder's summary.json (memory per model,
 #            target 4), copied to $OUT
 # ppo_edu runs from this checkout (PYTHONPATH), not installed: the device's torch (2.11 when last seen) is
@@ -99,7 +100,8 @@ for s in "$@"; do
     speed)   stage speed "$PY" bench/rlhf.py --device "$DEVICE" --size "$SIZE" --skip-quality \
                --rounds "${ROUNDS:-2}" --iters "${ITERS:-5}" ;;
     quality) stage quality "$PY" bench/rlhf.py --device "$DEVICE" --size "$SIZE" --skip-speed \
-               --quality-seeds "${SEEDS:-3}" ${QITERS:+--quality-iterations "$QITERS"} ;;
+               --quality-seeds "${SEEDS:-3}" ${QITERS:+--quality-iterations "$QITERS"} \
+               --trl-kl-coefs "${TRL_KL_COEFS:-}" ;;
     summary) rm -rf "$OUT/run"
              stage summary "$PY" -m ppo_edu.cli rlhf --preset "$SIZE" --device "$DEVICE" --out "$OUT/run" \
                --no-progress ${QITERS:+--ppo-iterations "$QITERS" --grpo-steps "$QITERS"}
