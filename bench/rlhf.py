@@ -29,7 +29,7 @@ per-batch KL after iteration 10. Target (issue 15): gold >= 0.8, KL <= 5 nats, a
 every seed. Then TRL's PPO, which steers KL by a fixed coefficient only, runs on the same seeds at
 each of ``--trl-kl-coefs`` (our preset's learning rate, constant as ours); its trained policies are scored
 as ours are, and each of our PPO runs is compared with TRL's gold at the same KL on the same seed
-(issue 15: "at equal or better gold score for equal KL"). This part takes about 40 minutes.
+(issue 15: "at equal or better gold score for equal KL"). This part takes about an hour.
 
     python bench/rlhf.py [--iters 8] [--rounds 2] [--quality-seeds 3] [--trl-kl-coefs 0.4,0.8,1.6]
                          [--skip-trl] [--skip-quality] [--skip-speed]
@@ -176,7 +176,8 @@ def ratio_lines(med: dict, paired: dict) -> list[str]:
 
 
 def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) -> None:
-    early_stop = PRESETS[size].ppo.max_update_kl is not None        # else the "all 16 steps" rows are the same
+    cfg = PRESETS[size].ppo
+    early_stop = cfg.max_update_kl is not None                       # else the "all 16 steps" rows are the same
     rows = {k: [] for k in (*PPO_ROWS, "TRL PPO", "ppo_edu GRPO", "TRL GRPO") if early_stop or "all 16" not in k}
     d, phases = trl_assets(a), {}
     use = {kind: not skip_trl and Peer.available(kind) for kind in ("ppo", "grpo")}
@@ -200,7 +201,7 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
         parts = [f"{p} {statistics.median(x[p] for x in phases[k]):.3f}" for p in PHASES] if k in phases else []
         steps = [x["steps"] for x in phases.get(k, ()) if x["steps"] is not None]
         if steps:                                                     # the preset's early stop (max_update_kl)
-            parts.append(f"{statistics.mean(steps):.1f} of 16 minibatch steps")
+            parts.append(f"{statistics.mean(steps):.1f} of {cfg.n_epochs * cfg.n_minibatches} minibatch steps")
         print(f"  {k:44s} {v:6.3f} s" + (f"  ({', '.join(parts)})" if parts else ""))
     for line in ratio_lines(med, paired):
         print(line)
