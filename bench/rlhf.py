@@ -157,6 +157,13 @@ PPO_ROWS = {                                                       # name: chang
     "ppo_edu PPO, all 16 steps": {"max_update_kl": None},
     "ppo_edu PPO (separate critic), all 16 steps": {"critic": "separate", "max_update_kl": None},
 }
+
+
+def equal_work(changes: dict) -> bool:
+    """Whether a row of ``PPO_ROWS`` turns the preset's early stop off (TRL's work, the engine alone)."""
+    return "max_update_kl" in changes and changes["max_update_kl"] is None
+
+
 TARGETS = (("ppo_edu PPO", "TRL PPO", 3), ("ppo_edu PPO (separate critic)", "TRL PPO", 2),
            ("ppo_edu PPO, all 16 steps", "TRL PPO", None),
            ("ppo_edu PPO (separate critic), all 16 steps", "TRL PPO", None),
@@ -177,8 +184,9 @@ def ratio_lines(med: dict, paired: dict) -> list[str]:
 
 def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) -> None:
     cfg = PRESETS[size].ppo
-    early_stop = cfg.max_update_kl is not None                       # else the "all 16 steps" rows are the same
-    rows = {k: [] for k in (*PPO_ROWS, "TRL PPO", "ppo_edu GRPO", "TRL GRPO") if early_stop or "all 16" not in k}
+    early_stop = cfg.max_update_kl is not None                       # else the equal-work rows are the same
+    rows = {k: [] for k in (*(k for k, c in PPO_ROWS.items() if early_stop or not equal_work(c)),
+                            "TRL PPO", "ppo_edu GRPO", "TRL GRPO")}
     d, phases = trl_assets(a), {}
     use = {kind: not skip_trl and Peer.available(kind) for kind in ("ppo", "grpo")}
     for r in range(rounds):
@@ -207,7 +215,8 @@ def speed(a, iters: int, rounds: int, skip_trl: bool, size: str, device: str) ->
         print(line)
 
 
-QUALITY_ROWS = (("ppo", "PPO", {}), ("ppo", "PPO (separate critic)", {"critic": "separate"}), ("grpo", "GRPO", {}))
+QUALITY_ROWS = (*(("ppo", name, changes) for name, changes in PPO_ROWS.items() if not equal_work(changes)),
+                ("grpo", "ppo_edu GRPO", {}))                     # (kind, name, changes): the presets as run
 
 
 def quality_run(a, kind: str, label: str, seed: int, n: int | None, size: str, **changes) -> dict:
@@ -223,7 +232,7 @@ def quality_run(a, kind: str, label: str, seed: int, n: int | None, size: str, *
     late = max((h["kl"] for h in hist[10:]), default=float("nan"))   # nan: a run of 10 iterations or fewer
     ok = ev["gold"] >= 0.8 and ev["kl"] <= 5.0 and not late > limit
     steps = [h["n_minibatch_steps"] for h in hist if "n_minibatch_steps" in h]   # PPO's early stop, if set
-    print(f"  {label:22s} seed {seed}, {n} it.  gold {ev['gold']:+.3f}  KL {ev['kl']:5.2f} nats  max batch KL after "
+    print(f"  {label:30s} seed {seed}, {n} it.  gold {ev['gold']:+.3f}  KL {ev['kl']:5.2f} nats  max batch KL after "
           f"it. 10 {late:5.2f} (limit {limit:g})" + (f"  {statistics.mean(steps):.1f} steps/it." if steps else "")
           + f"  ({time.perf_counter() - t0:.0f} s)  {'PASS' if ok else 'FAIL'}", flush=True)
     return {"label": label, "ok": ok, "gold": ev["gold"], "kl": ev["kl"], "late_max_kl": late}
@@ -283,8 +292,9 @@ def quality(a, seeds: int, iterations: int | None, size: str, trl_kl_coefs: list
     means = [(statistics.mean(r["kl"] for r in trl if r["kl_coef"] == c),
               statistics.mean(r["gold"] for r in trl if r["kl_coef"] == c)) for c in trl_kl_coefs]
     print("  TRL frontier (seed means): " + ", ".join(f"KL {k:.2f} gold {g:+.3f}" for k, g in sorted(means)))
-    for label in ("PPO", "PPO (separate critic)"):
-        print(versus_trl(label, [r for r in results if r["label"] == label], trl, seeds))
+    for kind, label, _ in QUALITY_ROWS:
+        if kind == "ppo":
+            print(versus_trl(label, [r for r in results if r["label"] == label], trl, seeds))
 
 
 def versus_trl(label: str, ours: list[dict], trl: list[dict], seeds: int) -> str:
@@ -293,7 +303,7 @@ def versus_trl(label: str, ours: list[dict], trl: list[dict], seeds: int) -> str
     the mean difference is >= 0; within noise when it is above -2 standard errors; else worse."""
     diffs = [r["gold"] - g for seed, r in enumerate(ours)
              if (g := gold_at([(t["kl"], t["gold"]) for t in trl[seed::seeds]], r["kl"])) is not None]
-    head = (f"  ppo_edu {label:22s} KL {statistics.mean(r['kl'] for r in ours):.2f} "
+    head = (f"  {label:30s} KL {statistics.mean(r['kl'] for r in ours):.2f} "
             f"gold {statistics.mean(r['gold'] for r in ours):+.3f}; ")
     if len(diffs) < len(ours):
         return head + f"{len(ours) - len(diffs)} run(s) outside TRL's KL range: add a coefficient"
